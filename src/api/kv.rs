@@ -1,0 +1,136 @@
+//! etcd's KV service.
+
+use tonic::{Request, Response, Status};
+
+use super::{blocking, Header};
+use crate::apply::RaftResponse;
+use crate::error::ServerError;
+use crate::mvcc::ops;
+use crate::mvcc::store::Reader;
+use crate::proto::cairnpb::{raft_request, RaftRequest};
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::raft::Proposer;
+use crate::storage::Engine;
+
+pub struct KvService {
+    proposer: Proposer,
+    engine: Engine,
+    header: Header,
+    max_txn_ops: usize,
+}
+
+impl KvService {
+    pub fn new(proposer: Proposer, engine: Engine, header: Header, max_txn_ops: usize) -> Self {
+        KvService {
+            proposer,
+            engine,
+            header,
+            max_txn_ops,
+        }
+    }
+
+    async fn propose(&self, request: raft_request::Request) -> Result<RaftResponse, Status> {
+        let resp = self.proposer.propose(RaftRequest { request: Some(request) }).await?;
+        match resp {
+            RaftResponse::Rejected(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// A read on this member's state: after the read barrier unless serializable.
+    async fn read<T: Send + 'static>(
+        &self,
+        serializable: bool,
+        f: impl FnOnce(&Reader<'_, crate::storage::Snapshot<'_>>) -> Result<T, crate::mvcc::KvError> + Send + 'static,
+    ) -> Result<T, Status> {
+        if !serializable {
+            self.proposer.read_barrier().await?;
+        }
+        let engine = self.engine.clone();
+        let out = blocking(move || {
+            let snap = engine.snapshot();
+            let reader = Reader::new(&snap)?;
+            f(&reader).map_err(ServerError::from)
+        })
+        .await?;
+        Ok(out)
+    }
+}
+
+fn unexpected(resp: RaftResponse) -> Status {
+    ServerError::Internal(format!("unexpected apply response {resp:?}")).into()
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = request.into_inner();
+        ops::check_range_request(&r)?;
+        let serializable = r.serializable;
+        let mut resp = self.read(serializable, move |reader| ops::range(reader, &r)).await?;
+        self.header.fill(&mut resp.header)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = request.into_inner();
+        ops::check_put_request(&r)?;
+        match self.propose(raft_request::Request::Put(r)).await? {
+            RaftResponse::Put(mut resp) => {
+                self.header.fill(&mut resp.header)?;
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        ops::check_delete_request(&r)?;
+        match self.propose(raft_request::Request::DeleteRange(r)).await? {
+            RaftResponse::DeleteRange(mut resp) => {
+                self.header.fill(&mut resp.header)?;
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = request.into_inner();
+        ops::check_txn_request(&r, self.max_txn_ops)?;
+        let mut resp = if ops::is_txn_readonly(&r) {
+            // etcd serves read-only txns locally too, serializable only when every range is.
+            let serializable = r.success.iter().chain(&r.failure).all(|op| {
+                matches!(&op.request, Some(crate::proto::etcdserverpb::request_op::Request::RequestRange(q)) if q.serializable)
+            });
+            self.read(serializable, move |reader| ops::read_txn(reader, &r)).await?
+        } else {
+            match self.propose(raft_request::Request::Txn(r)).await? {
+                RaftResponse::Txn(resp) => resp,
+                other => return Err(unexpected(other)),
+            }
+        };
+        self.header.fill(&mut resp.header)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        // Compaction runs inside apply, so `physical` is complete when the proposal returns.
+        match self.propose(raft_request::Request::Compaction(r)).await? {
+            RaftResponse::Compaction(mut resp) => {
+                self.header.fill(&mut resp.header)?;
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

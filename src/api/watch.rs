@@ -1,0 +1,443 @@
+//! etcd's Watch service: one task per stream owns its watchers, feeds synced watchers from
+//! the hub's live ring and lets the others catch up from storage in bounded batches.
+//!
+//! A watcher's `next` is the first revision it has not been sent. With `stream_rev` the last
+//! live revision this stream processed, a watcher is *synced* when `next > stream_rev`: it
+//! has everything up to there and takes the following revisions live. Otherwise it reads
+//! history until it passes `stream_rev`. Live revisions below a watcher's `next` are
+//! skipped, so nothing is sent twice; a gap in the live ring (a lagging stream) leaves the
+//! affected watchers behind `stream_rev`, so they read the gap from storage.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{blocking, Header};
+use crate::error::ServerError;
+use crate::mvcc::{Event, EventType, KeyRange, Revision};
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::{
+    watch_create_request::FilterType, watch_request, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use crate::storage::Engine;
+use crate::watch::{read_history, History, HistoryLimits, Hub};
+
+/// Responses buffered towards one client before the stream task waits for it.
+const OUTBOUND_RESPONSES: usize = 16;
+/// One history read: etcd's 1000 revisions per response, plus bounds etcd lacks.
+const HISTORY_LIMITS: HistoryLimits = HistoryLimits {
+    revisions: 1000,
+    events: 100_000,
+    bytes: 2 << 20,
+    scanned: 1_000_000,
+};
+/// etcd's `InvalidWatchID`.
+const INVALID_WATCH_ID: i64 = -1;
+const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+#[derive(Clone)]
+pub struct WatchService {
+    engine: Engine,
+    hub: Hub,
+    header: Header,
+    progress_interval: Duration,
+    fragment_bytes: usize,
+}
+
+impl WatchService {
+    pub fn new(engine: Engine, hub: Hub, header: Header, progress_interval: Duration, fragment_bytes: usize) -> Self {
+        WatchService {
+            engine,
+            hub,
+            header,
+            progress_interval,
+            fragment_bytes,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let (out, rx) = mpsc::channel(OUTBOUND_RESPONSES);
+        // Subscribe before reading the current revision: no revision falls between them.
+        let ring = self.hub.subscribe();
+        let stream = StreamTask {
+            svc: self.clone(),
+            out,
+            watchers: BTreeMap::new(),
+            next_auto_id: 0,
+            stream_rev: self.hub.current(),
+            pending_progress: 0,
+        };
+        tokio::spawn(stream.run(inbound, ring));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Watcher {
+    /// Told its history was compacted: it gets nothing more, but keeps its id (and blocks
+    /// progress answers) until the client cancels it, as in etcd.
+    compacted: bool,
+    range: KeyRange,
+    next: Revision,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// Nothing sent since the last progress tick (etcd elides the next notification after
+    /// an event).
+    idle: bool,
+    fragment: bool,
+}
+
+impl Watcher {
+    /// The events of one batch this watcher wants, shaped as it asked.
+    fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| e.kv.as_ref().is_some_and(|kv| self.range.contains(&kv.key)))
+            .filter(|e| {
+                let put = e.r#type == EventType::Put as i32;
+                !(put && self.no_put || !put && self.no_delete)
+            })
+            .map(|e| {
+                let mut e = e.clone();
+                // etcd sends no previous version for a create, nor when not asked.
+                let create = e.r#type == EventType::Put as i32
+                    && e.kv.as_ref().is_some_and(|kv| kv.create_revision == kv.mod_revision);
+                if !self.prev_kv || create {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+/// Why a stream stopped: the client went away. Nothing to report to it.
+struct Closed;
+
+struct StreamTask {
+    svc: WatchService,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_auto_id: i64,
+    stream_rev: Revision,
+    /// Progress requests waiting for every watcher to be synced.
+    pending_progress: usize,
+}
+
+impl StreamTask {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<WatchRequest>,
+        mut ring: broadcast::Receiver<std::sync::Arc<crate::watch::RevisionEvents>>,
+    ) {
+        let mut ticker = tokio::time::interval(self.svc.progress_interval);
+        ticker.reset();
+        let mut inbound_open = true;
+        loop {
+            let behind = self.first_behind();
+            let step = tokio::select! {
+                biased;
+                msg = inbound.message(), if inbound_open => match msg {
+                    Ok(Some(req)) => self.handle_request(req).await,
+                    // A client that closes its sending side still receives events, as with etcd.
+                    Ok(None) => { inbound_open = false; Ok(()) }
+                    Err(_) => Err(Closed),
+                },
+                () = std::future::ready(()), if behind.is_some() => match behind {
+                    Some(id) => self.catch_up(id).await,
+                    None => Ok(()),
+                },
+                live = ring.recv() => match live {
+                    Ok(rev) => self.deliver_live(&rev).await,
+                    // Missed revisions: the watchers left behind read them from storage.
+                    Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
+                },
+                _ = ticker.tick() => self.progress_tick().await,
+                () = self.out.closed() => Err(Closed),
+            };
+            if step.is_err() {
+                return;
+            }
+            if self.pending_progress > 0 && self.all_synced() && self.answer_progress().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A watcher that still has history to read.
+    fn first_behind(&self) -> Option<i64> {
+        self.watchers
+            .iter()
+            .find(|(_, w)| !w.compacted && w.next <= self.stream_rev)
+            .map(|(id, _)| *id)
+    }
+
+    /// Every live watcher has been sent everything up to `stream_rev`.
+    fn all_synced(&self) -> bool {
+        self.watchers.values().all(|w| w.compacted || w.next > self.stream_rev)
+    }
+
+    fn header(&self, revision: Revision) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.svc.header.cluster_id,
+            member_id: self.svc.header.member_id,
+            revision,
+            raft_term: self.svc.header.raft_term(),
+        })
+    }
+
+    async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
+        self.out.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+
+    /// Sends events, split as etcd's `sendFragments` splits them when the watcher asked for
+    /// fragments and the response exceeds the request size limit.
+    async fn send_events(&self, id: i64, fragment: bool, revision: Revision, events: Vec<Event>) -> Result<(), Closed> {
+        let whole = WatchResponse {
+            header: self.header(revision),
+            watch_id: id,
+            events,
+            ..Default::default()
+        };
+        let limit = self.svc.fragment_bytes;
+        if !fragment || whole.encoded_len() < limit || whole.events.len() < 2 {
+            return self.send(whole).await;
+        }
+        let mut rest = whole.events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut part = WatchResponse {
+                header: whole.header,
+                watch_id: id,
+                fragment: true,
+                ..Default::default()
+            };
+            while let Some(event) = rest.peek() {
+                part.events.push(event.clone());
+                if part.events.len() > 1 && part.encoded_len() >= limit {
+                    part.events.pop();
+                    break;
+                }
+                rest.next();
+            }
+            part.fragment = rest.peek().is_some();
+            self.send(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_request(&mut self, req: WatchRequest) -> Result<(), Closed> {
+        match req.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    let resp = WatchResponse {
+                        header: self.header(self.svc.hub.current()),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    };
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // etcd announces progress on behalf of the watchers it has; with none, it
+                // sends nothing. A compacted watcher will never be synced, so no answer can
+                // be owed while one is there (etcd drops the request too). Otherwise the
+                // request waits for watchers still catching up, where etcd would drop it.
+                let compacted = self.watchers.values().any(|w| w.compacted);
+                if !self.watchers.is_empty() && !compacted {
+                    self.pending_progress += 1;
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        let current = self.svc.hub.current();
+        // etcd's conventions: an empty key is the smallest key; "\0" as range end means
+        // every key from `key` on.
+        let key = if c.key.is_empty() { vec![0] } else { c.key.clone() };
+        let range = KeyRange::from_request(&key, &c.range_end);
+        let error = match &range {
+            KeyRange::Span { start, end: Some(end) } if start >= end => Some(ERR_EMPTY_RANGE),
+            _ if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) => Some(ERR_DUPLICATE_ID),
+            _ => None,
+        };
+        if let Some(reason) = error {
+            let resp = WatchResponse {
+                header: self.header(current),
+                watch_id: INVALID_WATCH_ID,
+                created: true,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            self.next_auto_id += 1;
+            self.next_auto_id - 1
+        };
+        let filters = |f: FilterType| c.filters.contains(&(f as i32));
+        let watcher = Watcher {
+            compacted: false,
+            range,
+            // A negative start is below any compacted revision, as etcd treats it.
+            next: if c.start_revision != 0 {
+                c.start_revision
+            } else {
+                current + 1
+            },
+            prev_kv: c.prev_kv,
+            no_put: filters(FilterType::Noput),
+            no_delete: filters(FilterType::Nodelete),
+            progress_notify: c.progress_notify,
+            idle: true,
+            fragment: c.fragment,
+        };
+        // A watcher starting after the last processed live revision is synced: everything
+        // from its start will arrive live (or be found missing and read from storage).
+        self.watchers.insert(id, watcher);
+        let resp = WatchResponse {
+            header: self.header(current),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
+    async fn deliver_live(&mut self, rev: &crate::watch::RevisionEvents) -> Result<(), Closed> {
+        if rev.revision <= self.stream_rev {
+            return Ok(());
+        }
+        // Watchers synced before this revision get it live; the others stay behind.
+        let mut sends = Vec::new();
+        for (id, w) in self.watchers.iter_mut() {
+            if w.compacted || w.next != rev.revision {
+                continue;
+            }
+            w.next = rev.revision + 1;
+            let events = w.select(&rev.events);
+            if !events.is_empty() {
+                w.idle = false;
+                sends.push((*id, w.fragment, events));
+            }
+        }
+        // After a gap (a lagging stream), watchers still waiting for an earlier revision are
+        // now behind `stream_rev` and read the gap from storage.
+        self.stream_rev = rev.revision;
+        for (id, fragment, events) in sends {
+            self.send_events(id, fragment, rev.revision, events).await?;
+        }
+        Ok(())
+    }
+
+    async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(());
+        };
+        let (engine, range, from, prev) = (self.svc.engine.clone(), w.range.clone(), w.next, w.prev_kv);
+        let history =
+            blocking(move || read_history(&engine, &range, from, HISTORY_LIMITS, prev).map_err(ServerError::from))
+                .await;
+        match history {
+            Err(e) => {
+                // Storage failed: the watcher cannot be served; tell the client, as a cancel.
+                self.watchers.remove(&id);
+                let resp = WatchResponse {
+                    header: self.header(self.svc.hub.current()),
+                    watch_id: id,
+                    canceled: true,
+                    cancel_reason: Status::from(e).message().to_string(),
+                    ..Default::default()
+                };
+                self.send(resp).await
+            }
+            Ok(History::Compacted(compacted)) => {
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.compacted = true;
+                }
+                let resp = WatchResponse {
+                    header: self.header(0),
+                    watch_id: id,
+                    compact_revision: compacted,
+                    canceled: true,
+                    ..Default::default()
+                };
+                self.send(resp).await
+            }
+            Ok(History::Events { events, next, current }) => {
+                let Some(w) = self.watchers.get_mut(&id) else {
+                    return Ok(());
+                };
+                w.next = next.max(w.next);
+                let events = w.select(&events);
+                let fragment = w.fragment;
+                if !events.is_empty() {
+                    w.idle = false;
+                    self.send_events(id, fragment, current, events).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn progress_tick(&mut self) -> Result<(), Closed> {
+        let stream_rev = self.stream_rev;
+        let due: Vec<i64> = self
+            .watchers
+            .iter_mut()
+            .filter(|(_, w)| w.progress_notify && !w.compacted)
+            .filter_map(|(id, w)| {
+                let notify = w.idle && w.next > stream_rev;
+                w.idle = true;
+                notify.then_some(*id)
+            })
+            .collect();
+        for id in due {
+            let resp = WatchResponse {
+                header: self.header(stream_rev),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.send(resp).await?;
+        }
+        Ok(())
+    }
+
+    /// Every watcher has been sent every event up to `stream_rev`: that is the progress.
+    async fn answer_progress(&mut self) -> Result<(), Closed> {
+        while self.pending_progress > 0 {
+            self.pending_progress -= 1;
+            let resp = WatchResponse {
+                header: self.header(self.stream_rev),
+                watch_id: INVALID_WATCH_ID,
+                ..Default::default()
+            };
+            self.send(resp).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,151 @@
+//! The one place errors become gRPC statuses, with etcd's codes and exact messages
+//! (`api/v3rpc/rpctypes/error.go`): clients match on the message text.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::KvError;
+
+/// Failures between the API and the applied state: consensus and limits.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("request is too large")]
+    RequestTooLarge,
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("server stopped")]
+    Stopped,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::storage::Error> for ServerError {
+    fn from(e: crate::storage::Error) -> Self {
+        ServerError::Kv(KvError::Storage(e))
+    }
+}
+
+fn status(code: Code, msg: &str) -> Status {
+    Status::new(code, format!("etcdserver: {msg}"))
+}
+
+impl From<KvError> for Status {
+    fn from(e: KvError) -> Status {
+        let code = match &e {
+            KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
+            KvError::LeaseNotFound => Code::NotFound,
+            KvError::KeyNotFound
+            | KvError::EmptyKey
+            | KvError::ValueProvided
+            | KvError::LeaseProvided
+            | KvError::TooManyOps
+            | KvError::DuplicateKey
+            | KvError::InvalidSortOption => Code::InvalidArgument,
+            KvError::Storage(_) => Code::Internal,
+        };
+        status(code, &e.to_string())
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        match e {
+            ServerError::Kv(e) => e.into(),
+            ServerError::RequestTooLarge => status(Code::InvalidArgument, "request is too large"),
+            ServerError::NoLeader => status(Code::Unavailable, "no leader"),
+            ServerError::Timeout => status(Code::Unavailable, "request timed out"),
+            ServerError::Stopped => status(Code::Unavailable, "server stopped"),
+            ServerError::Internal(msg) => status(Code::Internal, &msg),
+        }
+    }
+}
+
+/// An RPC whose service exists but whose issue has not landed.
+pub fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("cairn: {rpc} is not implemented yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message byte for byte as etcd sends it.
+    #[test]
+    fn etcd_messages() {
+        let cases: Vec<(Status, Code, &str)> = vec![
+            (
+                KvError::Compacted.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                KvError::FutureRev.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                KvError::KeyNotFound.into(),
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                KvError::LeaseNotFound.into(),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                KvError::EmptyKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                KvError::ValueProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                KvError::LeaseProvided.into(),
+                Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                KvError::TooManyOps.into(),
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                KvError::DuplicateKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                KvError::InvalidSortOption.into(),
+                Code::InvalidArgument,
+                "etcdserver: invalid sort option",
+            ),
+            (
+                ServerError::RequestTooLarge.into(),
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (ServerError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
+            (
+                ServerError::Timeout.into(),
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                ServerError::Stopped.into(),
+                Code::Unavailable,
+                "etcdserver: server stopped",
+            ),
+        ];
+        for (status, code, msg) in cases {
+            assert_eq!(status.code(), code, "{msg}");
+            assert_eq!(status.message(), msg);
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Cairn: an etcd v3 wire-compatible server.
+//!
+//! # Layout
+//! Data flows one way: request → `api` (validate, route) → `raft` (propose, or read barrier)
+//! → `apply` (one match over the request) → `mvcc` (revisioned keys) → `storage` (RocksDB).
+//! Responses go back to the proposer; reads go from `api` straight to an `mvcc` read view.
+//!
+//! - `config`: etcd's flags and `ETCD_*` variables; `logging`: etcd's JSON log lines.
+//! - `server`: wiring and ordered shutdown.
+//! - `error`: the only conversion to gRPC statuses.
+//! - `cluster`: member records and etcd's member and cluster IDs.
+
+pub mod api;
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod mvcc;
+pub mod net;
+pub mod proto;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod watch;

@@ -1,0 +1,351 @@
+//! Read views and the write transaction of one applied request.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::key::{after_all_versions, decode_kv_key, kv_key, rev_key, user_key_prefix};
+use super::{
+    Event, EventType, KeyRange, KeyValue, KvError, RangeOptions, RangeResult, Revision, INITIAL_REVISION,
+    NEVER_COMPACTED,
+};
+use crate::storage::schema::meta;
+use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
+
+const RECORD_PUT: u8 = 1;
+const RECORD_TOMBSTONE: u8 = 2;
+
+/// Encodes a `kv` value: the record kind, then the KeyValue without its key (the key is in
+/// the RocksDB key already).
+fn encode_put(kv: &KeyValue) -> Vec<u8> {
+    let stored = KeyValue {
+        key: Vec::new(),
+        ..kv.clone()
+    };
+    let mut out = Vec::with_capacity(1 + stored.encoded_len());
+    out.push(RECORD_PUT);
+    stored
+        .encode(&mut out)
+        .unwrap_or_else(|_| unreachable!("Vec grows as needed"));
+    out
+}
+
+pub(crate) fn is_tombstone(raw: &[u8]) -> storage::Result<bool> {
+    match raw.first() {
+        Some(&RECORD_PUT) => Ok(false),
+        Some(&RECORD_TOMBSTONE) => Ok(true),
+        _ => Err(storage::Error::corrupt(Cf::Kv, "unknown record kind")),
+    }
+}
+
+pub(crate) fn decode_put(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
+    let mut kv = KeyValue::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
+    kv.key = key;
+    Ok(kv)
+}
+
+/// `rev` values: the change kind, then the user key.
+pub(crate) fn rev_value(tombstone: bool, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(if tombstone { RECORD_TOMBSTONE } else { RECORD_PUT });
+    out.extend_from_slice(key);
+    out
+}
+
+fn read_i64(view: &impl ReadView, key: &[u8], default: i64) -> storage::Result<i64> {
+    match view.get(Cf::Meta, key)? {
+        None => Ok(default),
+        Some(raw) => raw
+            .as_slice()
+            .try_into()
+            .map(i64::from_be_bytes)
+            .map_err(|_| storage::Error::corrupt(Cf::Meta, "revision is not 8 bytes")),
+    }
+}
+
+/// The store's revisions as of a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revisions {
+    pub current: Revision,
+    pub compacted: Revision,
+}
+
+impl Revisions {
+    pub fn read(view: &impl ReadView) -> storage::Result<Revisions> {
+        Ok(Revisions {
+            current: read_i64(view, meta::CURRENT_REV, INITIAL_REVISION)?,
+            compacted: read_i64(view, meta::COMPACTED_REV, NEVER_COMPACTED)?,
+        })
+    }
+}
+
+/// Reads of the key space: what the Range half of etcd's `ReadView` does.
+pub trait KvRead {
+    /// The revision reads see as current (inside a write txn: the txn's own once it wrote).
+    fn rev(&self) -> Revision;
+    fn compacted(&self) -> Revision;
+    fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError>;
+}
+
+/// A write transaction's mutations.
+pub trait KvWrite: KvRead {
+    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Revision, KvError>;
+    /// Deletes the live keys in `range`; returns how many and the revision of the txn.
+    fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, Revision), KvError>;
+}
+
+/// A consistent read view of the store.
+pub struct Reader<'v, V: ReadView> {
+    view: &'v V,
+    revs: Revisions,
+}
+
+impl<'v, V: ReadView> Reader<'v, V> {
+    pub fn new(view: &'v V) -> storage::Result<Self> {
+        Ok(Reader {
+            revs: Revisions::read(view)?,
+            view,
+        })
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        self.revs
+    }
+
+    /// Live keys of `range` at revision `at`, in key order: at most `limit` kvs (0 = all),
+    /// and the count of all of them.
+    pub fn scan(
+        &self,
+        range: &KeyRange,
+        at: Revision,
+        limit: usize,
+        count_only: bool,
+    ) -> storage::Result<(Vec<KeyValue>, i64)> {
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        let mut cur = self.view.cursor(Cf::Kv);
+        cur.seek(&user_key_prefix(range.start()));
+        while cur.valid() {
+            let (user_key, main) =
+                decode_kv_key(cur.key()).ok_or_else(|| storage::Error::corrupt(Cf::Kv, "malformed key"))?;
+            if range.is_past(&user_key) {
+                break;
+            }
+            if main > at {
+                // Jump to the newest version at or below `at` (or to the next key).
+                cur.seek(&kv_key(&user_key, at));
+                continue;
+            }
+            if !is_tombstone(cur.value())? {
+                count += 1;
+                if !count_only && (limit == 0 || kvs.len() < limit) {
+                    kvs.push(decode_put(user_key, cur.value())?);
+                }
+            }
+            if matches!(range, KeyRange::Single(_)) {
+                break;
+            }
+            let next = after_all_versions(&cur.key()[..cur.key().len() - 8]);
+            cur.seek(&next);
+        }
+        cur.status()?;
+        Ok((kvs, count))
+    }
+
+    /// The live version of `key` now, if any.
+    pub fn latest(&self, key: &[u8]) -> storage::Result<Option<KeyValue>> {
+        let (mut kvs, _) = self.scan(&KeyRange::Single(key.to_vec()), self.revs.current, 1, false)?;
+        Ok(kvs.pop())
+    }
+
+    fn check_rev(&self, requested: Revision, current: Revision) -> Result<Revision, KvError> {
+        if requested > current {
+            return Err(KvError::FutureRev);
+        }
+        let at = if requested <= 0 { current } else { requested };
+        if at < self.revs.compacted {
+            return Err(KvError::Compacted);
+        }
+        Ok(at)
+    }
+}
+
+impl<V: ReadView> KvRead for Reader<'_, V> {
+    fn rev(&self) -> Revision {
+        self.revs.current
+    }
+    fn compacted(&self) -> Revision {
+        self.revs.compacted
+    }
+    fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError> {
+        let at = self.check_rev(opts.rev, self.revs.current)?;
+        let (kvs, count) = self.scan(range, at, opts.limit, opts.count_only)?;
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: self.revs.current,
+        })
+    }
+}
+
+/// The mutations of one applied request (one main revision), collected in a batch.
+///
+/// Reads through it see the state before the request plus the request's own changes, as
+/// etcd's `storeTxnWrite` does; the batch is written by the caller, atomically with the
+/// last applied log id.
+pub struct WriteTxn<'e> {
+    reader: Reader<'e, Engine>,
+    batch: WriteBatch,
+    /// Changes so far: the next change's sub-revision.
+    changes: i64,
+    /// The state after this txn of every key it changed (`None` = deleted).
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Watch events of the changes, in sub-revision order, each with its previous version.
+    events: Vec<Event>,
+}
+
+impl<'e> WriteTxn<'e> {
+    pub fn begin(engine: &'e Engine) -> storage::Result<Self> {
+        Ok(WriteTxn {
+            reader: Reader::new(engine)?,
+            batch: WriteBatch::new(engine),
+            changes: 0,
+            overlay: BTreeMap::new(),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn begin_rev(&self) -> Revision {
+        self.reader.revs.current
+    }
+
+    fn txn_rev(&self) -> Revision {
+        self.begin_rev() + 1
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes > 0
+    }
+
+    pub fn reader(&self) -> &Reader<'e, Engine> {
+        &self.reader
+    }
+
+    fn latest(&self, key: &[u8]) -> storage::Result<Option<KeyValue>> {
+        match self.overlay.get(key) {
+            Some(state) => Ok(state.clone()),
+            None => self.reader.latest(key),
+        }
+    }
+
+    /// Hands back the batch, with the new current revision recorded if anything changed,
+    /// and the watch events of the changes.
+    pub fn finish(mut self) -> (WriteBatch, Vec<Event>) {
+        if self.has_changes() {
+            let rev = self.txn_rev();
+            self.batch.put(Cf::Meta, meta::CURRENT_REV, &rev.to_be_bytes());
+        }
+        (self.batch, self.events)
+    }
+
+    /// Gives the batch to a compaction, which needs no overlay.
+    pub fn batch_mut(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+}
+
+impl KvRead for WriteTxn<'_> {
+    fn rev(&self) -> Revision {
+        if self.has_changes() {
+            self.txn_rev()
+        } else {
+            self.begin_rev()
+        }
+    }
+    fn compacted(&self) -> Revision {
+        self.reader.revs.compacted
+    }
+    fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError> {
+        let current = self.rev();
+        let at = self.reader.check_rev(opts.rev, current)?;
+        if at <= self.begin_rev() {
+            let (kvs, count) = self.reader.scan(range, at, opts.limit, opts.count_only)?;
+            return Ok(RangeResult {
+                kvs,
+                count,
+                rev: current,
+            });
+        }
+        // Reading the txn's own revision: the state before it, with its changes laid over.
+        let (base, _) = self.reader.scan(range, self.begin_rev(), 0, false)?;
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+            match state {
+                Some(kv) => merged.insert(key.clone(), kv.clone()),
+                None => merged.remove(key),
+            };
+        }
+        let count = merged.len() as i64;
+        let take = if opts.count_only {
+            0
+        } else if opts.limit == 0 {
+            merged.len()
+        } else {
+            opts.limit
+        };
+        Ok(RangeResult {
+            kvs: merged.into_values().take(take).collect(),
+            count,
+            rev: current,
+        })
+    }
+}
+
+impl KvWrite for WriteTxn<'_> {
+    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Revision, KvError> {
+        let rev = self.txn_rev();
+        let prev = self.latest(key)?;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.batch.put(Cf::Kv, &kv_key(key, rev), &encode_put(&kv));
+        self.batch
+            .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(false, key));
+        self.changes += 1;
+        self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: prev,
+        });
+        Ok(rev)
+    }
+
+    fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, Revision), KvError> {
+        let rev = self.txn_rev();
+        let live = KvRead::range(self, range, &RangeOptions::default())?.kvs;
+        for kv in &live {
+            self.batch.put(Cf::Kv, &kv_key(&kv.key, rev), &[RECORD_TOMBSTONE]);
+            self.batch
+                .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(true, &kv.key));
+            self.changes += 1;
+            self.overlay.insert(kv.key.clone(), None);
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: kv.key.clone(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv: Some(kv.clone()),
+            });
+        }
+        let n = live.len() as i64;
+        Ok((n, if self.has_changes() { rev } else { self.begin_rev() }))
+    }
+}

@@ -1,0 +1,211 @@
+//! MVCC behaviour on a real RocksDB engine, below the API.
+
+use super::compaction;
+use super::ops::{self, LeaseLookup};
+use super::store::{KvRead, Reader, WriteTxn};
+use super::{KeyRange, KvError, RangeOptions};
+use crate::proto::etcdserverpb::{
+    compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use crate::storage::Engine;
+
+struct NoLeases;
+impl LeaseLookup for NoLeases {
+    fn lease_exists(&self, _: i64) -> bool {
+        false
+    }
+}
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), None).unwrap();
+    (dir, engine)
+}
+
+fn put(engine: &Engine, key: &str, value: &str) -> i64 {
+    let mut txn = WriteTxn::begin(engine).unwrap();
+    let req = PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    let rev = ops::put(&mut txn, &req, &NoLeases, false)
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    engine.write(txn.finish().0, false).unwrap();
+    rev
+}
+
+fn delete(engine: &Engine, key: &str, range_end: &str) -> i64 {
+    let mut txn = WriteTxn::begin(engine).unwrap();
+    let req = DeleteRangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..Default::default()
+    };
+    let deleted = ops::delete_range(&mut txn, &req).unwrap().deleted;
+    engine.write(txn.finish().0, false).unwrap();
+    deleted
+}
+
+fn get_at(engine: &Engine, key: &str, rev: i64) -> Result<Option<String>, KvError> {
+    let reader = Reader::new(engine).unwrap();
+    let rr = reader.range(
+        &KeyRange::Single(key.into()),
+        &RangeOptions {
+            rev,
+            ..Default::default()
+        },
+    )?;
+    Ok(rr.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
+}
+
+fn compact(engine: &Engine, to: i64) {
+    let mut txn = WriteTxn::begin(engine).unwrap();
+    let revs = txn.reader().revisions();
+    compaction::check(revs.current, revs.compacted, to).unwrap();
+    compaction::compact(engine, txn.batch_mut(), revs.compacted, to).unwrap();
+    engine.write(txn.finish().0, false).unwrap();
+}
+
+#[test]
+fn compaction_keeps_the_newest_version_at_or_below_and_drops_tombstones() {
+    let (_dir, e) = engine();
+    put(&e, "a", "a1"); // 2
+    put(&e, "a", "a2"); // 3
+    put(&e, "b", "b1"); // 4
+    delete(&e, "b", ""); // 5
+    put(&e, "a", "a3"); // 6
+    compact(&e, 5);
+    assert!(matches!(get_at(&e, "a", 4), Err(KvError::Compacted)));
+    assert_eq!(get_at(&e, "a", 5).unwrap().as_deref(), Some("a2"));
+    assert_eq!(get_at(&e, "a", 6).unwrap().as_deref(), Some("a3"));
+    assert_eq!(get_at(&e, "b", 5).unwrap(), None);
+    // Versions and create revisions survive compaction.
+    let reader = Reader::new(&e).unwrap();
+    let kv = reader.latest(b"a").unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.version), (2, 3));
+    // A second compaction only visits what changed since the first.
+    put(&e, "b", "b2"); // 7
+    compact(&e, 7);
+    assert_eq!(get_at(&e, "a", 7).unwrap().as_deref(), Some("a3"));
+    assert_eq!(get_at(&e, "b", 7).unwrap().as_deref(), Some("b2"));
+    assert!(matches!(compaction::check(7, 7, 7), Err(KvError::Compacted)));
+    assert!(matches!(compaction::check(7, 5, 8), Err(KvError::FutureRev)));
+}
+
+fn op(request: request_op::Request) -> RequestOp {
+    RequestOp { request: Some(request) }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    op(request_op::Request::RequestPut(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }))
+}
+
+fn range_op(key: &str, range_end: &str) -> RequestOp {
+    op(request_op::Request::RequestRange(RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..Default::default()
+    }))
+}
+
+#[test]
+fn txn_reads_see_earlier_writes_and_compares_see_the_state_before() {
+    let (_dir, e) = engine();
+    put(&e, "p/1", "old"); // 2
+    let inner = TxnRequest {
+        // Evaluated before the outer txn writes anything: p/2 does not exist yet.
+        compare: vec![Compare {
+            key: "p/2".into(),
+            target: compare::CompareTarget::Version as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Version(0)),
+            ..Default::default()
+        }],
+        success: vec![range_op("p/", "p0")],
+        failure: vec![],
+    };
+    let txn_req = TxnRequest {
+        compare: vec![],
+        success: vec![
+            put_op("p/2", "new"),
+            op(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: "p/1".into(),
+                ..Default::default()
+            })),
+            op(request_op::Request::RequestTxn(inner)),
+        ],
+        failure: vec![],
+    };
+    ops::check_txn_request(&txn_req, 128).unwrap();
+    let mut txn = WriteTxn::begin(&e).unwrap();
+    let resp = ops::txn(&mut txn, &txn_req, &NoLeases).unwrap();
+    e.write(txn.finish().0, false).unwrap();
+    assert_eq!(resp.header.unwrap().revision, 3);
+    let Some(response_op::Response::ResponseTxn(nested)) = &resp.responses[2].response else {
+        panic!("nested txn response expected");
+    };
+    assert!(nested.succeeded);
+    let Some(response_op::Response::ResponseRange(rr)) = &nested.responses[0].response else {
+        panic!("range response expected");
+    };
+    let keys: Vec<&[u8]> = rr.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"p/2"[..]], "the nested range sees the put and the delete");
+    assert_eq!(rr.header.as_ref().unwrap().revision, 3);
+}
+
+#[test]
+fn duplicate_key_rules_follow_etcd() {
+    let txn = |success: Vec<RequestOp>| TxnRequest {
+        compare: vec![],
+        success,
+        failure: vec![],
+    };
+    let del = |key: &str, end: &str| {
+        op(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            ..Default::default()
+        }))
+    };
+    let dup = |t: TxnRequest| matches!(ops::check_txn_request(&t, 128), Err(KvError::DuplicateKey));
+    assert!(dup(txn(vec![put_op("a", "1"), put_op("a", "2")])));
+    assert!(dup(txn(vec![del("a", "c"), put_op("b", "1")])));
+    assert!(!dup(txn(vec![del("a", "c"), put_op("c", "1")])));
+    // etcd's interval check sees a from-key delete ("\0" end) as covering nothing.
+    assert!(!dup(txn(vec![del("a", "\0"), put_op("b", "1")])));
+    // Then and else of a nested txn may put the same key; the outer branch may not.
+    let nested = TxnRequest {
+        compare: vec![],
+        success: vec![put_op("k", "1")],
+        failure: vec![put_op("k", "2")],
+    };
+    assert!(!dup(txn(vec![op(request_op::Request::RequestTxn(nested.clone()))])));
+    assert!(dup(txn(vec![
+        op(request_op::Request::RequestTxn(nested)),
+        put_op("k", "3")
+    ])));
+}
+
+#[test]
+fn malformed_ops_are_reported_before_duplicates() {
+    // etcd validates the whole tree before checking overlaps.
+    let nested = TxnRequest {
+        compare: vec![],
+        success: vec![put_op("", "v")],
+        failure: vec![],
+    };
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![put_op("a", "1"), put_op("a", "2")],
+        failure: vec![op(request_op::Request::RequestTxn(nested))],
+    };
+    assert!(matches!(ops::check_txn_request(&t, 128), Err(KvError::EmptyKey)));
+}

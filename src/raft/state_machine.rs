@@ -1,0 +1,232 @@
+//! openraft's state machine on the `kv`, `rev` and `meta` column families.
+//!
+//! Each entry is applied as one RocksDB batch that also records its log id (etcd's
+//! consistent index), so an entry's effects and the fact that it was applied are never
+//! separated by a crash.
+//!
+//! Apply batches are not fsync'd on their own: the entry they apply is already durable in
+//! the raft log, and RocksDB keeps one WAL for every column family, so the next synced raft
+//! write (an append, or the purge that follows a snapshot) makes them durable too. A crash
+//! before that loses only applied state whose log entries are still there to re-apply. This
+//! saves one fsync per write against syncing both.
+
+use std::io::{Cursor as IoCursor, Read};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use prost::Message;
+
+use super::codec::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
+use super::{blocking, typ, TypeConfig};
+use crate::apply::{self, Applied, RaftResponse};
+use crate::proto::cairnpb;
+use crate::storage::schema::meta;
+use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
+use crate::watch::Hub;
+
+fn sm_read_err(e: storage::Error) -> typ::StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: storage::Error) -> typ::StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+/// How a failed blocking task is reported.
+const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOError::write_state_machine(e);
+
+#[derive(Clone)]
+pub struct StateMachine {
+    engine: Engine,
+    hub: Hub,
+    /// The last snapshot built, if any: openraft asks for it again when a follower needs it.
+    last_snapshot: Arc<Mutex<Option<typ::SnapshotMeta>>>,
+}
+
+fn applied_state_of(view: &impl ReadView) -> storage::Result<(Option<typ::LogId>, typ::StoredMembership)> {
+    let last = view
+        .get(Cf::Meta, meta::LAST_APPLIED)?
+        .map(|raw| decode::<cairnpb::LogId>(Cf::Meta, &raw).map(|id| log_id_from_pb(&id)))
+        .transpose()?;
+    let membership = view
+        .get(Cf::Meta, meta::MEMBERSHIP)?
+        .map(|raw| decode::<cairnpb::StoredMembership>(Cf::Meta, &raw).map(|m| stored_membership_from_pb(&m)))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((last, membership))
+}
+
+/// Snapshot data: `[cf id][key len u32][key][value len u32][value]` for every record of the
+/// state machine's column families.
+fn dump(view: &impl ReadView) -> storage::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for cf in Cf::STATE_MACHINE {
+        let mut cur = view.cursor(cf);
+        cur.seek(&[]);
+        while cur.valid() {
+            out.push(cf.id());
+            for part in [cur.key(), cur.value()] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+            cur.next();
+        }
+        cur.status()?;
+    }
+    Ok(out)
+}
+
+fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
+    let corrupt = || storage::Error::corrupt(Cf::Meta, "truncated snapshot");
+    let mut batch = WriteBatch::new(engine);
+    for cf in Cf::STATE_MACHINE {
+        engine.clear_into(cf, &mut batch);
+    }
+    let mut r = IoCursor::new(data);
+    let mut id = [0u8; 1];
+    while r.read(&mut id).map_err(|_| corrupt())? == 1 {
+        let cf = Cf::from_id(id[0])
+            .filter(|cf| Cf::STATE_MACHINE.contains(cf))
+            .ok_or_else(|| storage::Error::corrupt(Cf::Meta, "snapshot names an unknown column family"))?;
+        let mut parts = [Vec::new(), Vec::new()];
+        for part in &mut parts {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).map_err(|_| corrupt())?;
+            part.resize(u32::from_be_bytes(len) as usize, 0);
+            r.read_exact(part).map_err(|_| corrupt())?;
+        }
+        batch.put(cf, &parts[0], &parts[1]);
+    }
+    Ok(batch)
+}
+
+impl StateMachine {
+    pub fn new(engine: Engine, hub: Hub) -> Self {
+        StateMachine {
+            engine,
+            hub,
+            last_snapshot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn build(&self, snapshot_id: Option<String>) -> storage::Result<typ::Snapshot> {
+        let snap = self.engine.snapshot();
+        let (last_log_id, last_membership) = applied_state_of(&snap)?;
+        let data = dump(&snap)?;
+        let snapshot_id = snapshot_id.unwrap_or_else(|| match &last_log_id {
+            Some(id) => format!("{:020}-{:020}", id.leader_id.term, id.index),
+            None => "empty".to_string(),
+        });
+        let meta = typ::SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        Ok(typ::Snapshot {
+            meta,
+            snapshot: Box::new(IoCursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<typ::Snapshot, typ::StorageError> {
+        let sm = self.clone();
+        let snapshot = blocking(JOIN_FAILED, move || sm.build(None).map_err(sm_read_err)).await?;
+        if let Ok(mut last) = self.last_snapshot.lock() {
+            *last = Some(snapshot.meta.clone());
+        }
+        Ok(snapshot)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<typ::LogId>, typ::StoredMembership), typ::StorageError> {
+        applied_state_of(&self.engine).map_err(sm_read_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<RaftResponse>, typ::StorageError>
+    where
+        I: IntoIterator<Item = typ::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<typ::Entry> = entries.into_iter().collect();
+        let engine = self.engine.clone();
+        let hub = self.hub.clone();
+        blocking(JOIN_FAILED, move || {
+            let mut responses = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let applied = match &entry.payload {
+                    EntryPayload::Blank => Applied::nothing(&engine),
+                    EntryPayload::Normal(req) => apply::apply(&engine, req).map_err(sm_write_err)?,
+                    EntryPayload::Membership(m) => {
+                        let mut applied = Applied::nothing(&engine);
+                        let stored = typ::StoredMembership::new(Some(entry.log_id), m.clone());
+                        let raw = stored_membership_to_pb(&stored).encode_to_vec();
+                        applied.batch.put(Cf::Meta, meta::MEMBERSHIP, &raw);
+                        applied
+                    }
+                };
+                let Applied {
+                    mut batch,
+                    response,
+                    events,
+                } = applied;
+                batch.put(
+                    Cf::Meta,
+                    meta::LAST_APPLIED,
+                    &log_id_to_pb(&entry.log_id).encode_to_vec(),
+                );
+                engine.write(batch, false).map_err(sm_write_err)?;
+                // Only after the write: a watcher reading history must find these changes.
+                if let Some(rev) = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision) {
+                    hub.publish(rev, events);
+                }
+                responses.push(response);
+            }
+            Ok(responses)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<IoCursor<Vec<u8>>>, typ::StorageError> {
+        Ok(Box::new(IoCursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &typ::SnapshotMeta,
+        snapshot: Box<IoCursor<Vec<u8>>>,
+    ) -> Result<(), typ::StorageError> {
+        let engine = self.engine.clone();
+        let data = snapshot.into_inner();
+        blocking(JOIN_FAILED, move || {
+            let batch = load(&engine, &data).map_err(sm_write_err)?;
+            engine.write(batch, true).map_err(sm_write_err)
+        })
+        .await?;
+        if let Ok(mut last) = self.last_snapshot.lock() {
+            *last = Some(meta.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<typ::Snapshot>, typ::StorageError> {
+        // Snapshots are not kept in memory: a fresh one is at least as recent as the last built.
+        let built = self.last_snapshot.lock().ok().and_then(|last| last.clone());
+        match built {
+            None => Ok(None),
+            Some(_) => {
+                let sm = self.clone();
+                blocking(JOIN_FAILED, move || sm.build(None).map(Some).map_err(sm_read_err)).await
+            }
+        }
+    }
+}

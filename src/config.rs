@@ -157,6 +157,16 @@ pub struct Flags {
     /// member has no peer to compare with, so the check always passes.
     #[arg(long = "experimental-initial-corrupt-check", env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_go_bool)]
     pub experimental_initial_corrupt_check: bool,
+    /// Checkpoint leases' remaining TTLs through raft. etcd's default is off; Cairn's is on,
+    /// so a restart neither forgets nor resets how long a lease has left.
+    #[arg(long = "experimental-enable-lease-checkpoint", env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool)]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// Keep checkpointed TTLs across restarts. Cairn always does; accepted for etcd's scripts.
+    #[arg(long = "experimental-enable-lease-checkpoint-persist", env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool)]
+    pub experimental_enable_lease_checkpoint_persist: bool,
+    /// How often leases' remaining TTLs are checkpointed (Cairn's default 5s; etcd's 5m).
+    #[arg(long = "experimental-lease-checkpoint-interval", env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", value_parser = parse_go_duration)]
+    pub experimental_lease_checkpoint_interval: Option<Duration>,
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(long = "strict-reconfig-check", env = "ETCD_STRICT_RECONFIG_CHECK", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = parse_go_bool)]
     pub strict_reconfig_check: bool,
@@ -267,12 +277,18 @@ pub struct Config {
     pub peer_auto_tls: bool,
     /// Period of watch progress notifications (etcd's default 10 minutes, at least 100 ms).
     pub watch_progress_notify_interval: Duration,
+    /// Period of lease remaining-TTL checkpoints; `None` when disabled.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// etcd's default progress-notification period.
 const DEFAULT_PROGRESS_NOTIFY: Duration = Duration::from_secs(600);
 /// A shorter period would turn notifications into a busy loop.
 const MIN_PROGRESS_NOTIFY: Duration = Duration::from_millis(100);
+/// Cairn's lease checkpoint period: the most a restart can add to a lease past half its TTL.
+const DEFAULT_LEASE_CHECKPOINT: Duration = Duration::from_secs(5);
+/// Checkpoints record whole seconds.
+const MIN_LEASE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 fn parse_urls(flag: &str, value: &str) -> Result<Vec<Url>, ConfigError> {
     let mut out = Vec::new();
@@ -433,6 +449,11 @@ impl Config {
             .or(f.experimental_watch_progress_notify_interval)
             .unwrap_or(DEFAULT_PROGRESS_NOTIFY)
             .max(MIN_PROGRESS_NOTIFY);
+        let lease_checkpoint_interval = f.experimental_enable_lease_checkpoint.then(|| {
+            f.experimental_lease_checkpoint_interval
+                .unwrap_or(DEFAULT_LEASE_CHECKPOINT)
+                .max(MIN_LEASE_CHECKPOINT)
+        });
         let data_dir = f
             .data_dir
             .clone()
@@ -458,6 +479,7 @@ impl Config {
             log_to_stdout,
             peer_auto_tls: f.peer_auto_tls,
             watch_progress_notify_interval,
+            lease_checkpoint_interval,
         })
     }
 }
@@ -511,6 +533,18 @@ mod tests {
             parse(&[]).unwrap().watch_progress_notify_interval,
             DEFAULT_PROGRESS_NOTIFY
         );
+    }
+
+    #[test]
+    fn lease_checkpoints_are_on_by_default() {
+        assert_eq!(
+            parse(&[]).unwrap().lease_checkpoint_interval,
+            Some(DEFAULT_LEASE_CHECKPOINT)
+        );
+        let c = parse(&["--experimental-lease-checkpoint-interval=2s"]).unwrap();
+        assert_eq!(c.lease_checkpoint_interval, Some(Duration::from_secs(2)));
+        let c = parse(&["--experimental-enable-lease-checkpoint=false"]).unwrap();
+        assert_eq!(c.lease_checkpoint_interval, None);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status};
 
+use crate::apply::Rejection;
+use crate::lease::LeaseError;
 use crate::mvcc::KvError;
 
 /// Failures between the API and the applied state: consensus and limits.
@@ -10,6 +12,8 @@ use crate::mvcc::KvError;
 pub enum ServerError {
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error("request is too large")]
     RequestTooLarge,
     #[error("no leader")]
@@ -50,10 +54,38 @@ impl From<KvError> for Status {
     }
 }
 
+impl From<LeaseError> for Status {
+    fn from(e: LeaseError) -> Status {
+        let code = match &e {
+            LeaseError::NotFound => Code::NotFound,
+            LeaseError::Exists => Code::FailedPrecondition,
+            LeaseError::TtlTooLarge => Code::OutOfRange,
+            LeaseError::Storage(_) => Code::Internal,
+        };
+        status(code, &e.to_string())
+    }
+}
+
+impl From<Rejection> for ServerError {
+    fn from(e: Rejection) -> Self {
+        match e {
+            Rejection::Kv(e) => ServerError::Kv(e),
+            Rejection::Lease(e) => ServerError::Lease(e),
+        }
+    }
+}
+
+impl From<Rejection> for Status {
+    fn from(e: Rejection) -> Status {
+        ServerError::from(e).into()
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Status {
         match e {
             ServerError::Kv(e) => e.into(),
+            ServerError::Lease(e) => e.into(),
             ServerError::RequestTooLarge => status(Code::InvalidArgument, "request is too large"),
             ServerError::NoLeader => status(Code::Unavailable, "no leader"),
             ServerError::Timeout => status(Code::Unavailable, "request timed out"),
@@ -132,6 +164,21 @@ mod tests {
                 "etcdserver: request is too large",
             ),
             (ServerError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
+            (
+                LeaseError::NotFound.into(),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                LeaseError::Exists.into(),
+                Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                LeaseError::TtlTooLarge.into(),
+                Code::OutOfRange,
+                "etcdserver: too large lease TTL",
+            ),
             (
                 ServerError::Timeout.into(),
                 Code::Unavailable,

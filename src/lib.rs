@@ -9,12 +9,14 @@
 //! - `server`: wiring and ordered shutdown.
 //! - `error`: the only conversion to gRPC statuses.
 //! - `cluster`: member records and etcd's member and cluster IDs.
+//! - `lease`: leases: the stored records, this member's deadlines, the leader's expiry loop.
 
 pub mod api;
 pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod logging;
 pub mod mvcc;
 pub mod net;

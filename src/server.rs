@@ -16,17 +16,21 @@ use tracing::{info, warn};
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
-use crate::api::unimplemented::{AuthUnimplemented, ElectionUnimplemented, LeaseUnimplemented, LockUnimplemented};
+use crate::api::unimplemented::{AuthUnimplemented, ElectionUnimplemented, LockUnimplemented};
 use crate::api::watch::WatchService;
 use crate::api::Header;
 use crate::cluster::{cluster_id, member_id, MemberNode};
 use crate::config::{ClusterState, Config, CLUSTER_VERSION, ETCD_VERSION};
+use crate::lease::expiry::{self, ExpiryConfig};
+use crate::lease::{self, Lessor};
 use crate::mvcc::store::Revisions;
 use crate::net::authority::AuthorityFix;
 use crate::proto::cairnpb::NodeIdentity;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::raft::log_store::LogStore;
@@ -120,6 +124,14 @@ fn accept_clients(
     })
 }
 
+/// Waits (boundedly) for the log syncer to let go of the storage once raft is shut down.
+async fn close_log(syncer: crate::raft::log_store::SyncerThread) {
+    let joined = tokio::task::spawn_blocking(move || syncer.join());
+    if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+        warn!("raft log syncer still running after shutdown");
+    }
+}
+
 /// Runs one member until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     info!(
@@ -143,6 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let engine = Engine::open(&db_dir, config.wal_dir.as_deref())?;
     let ident = identity(&engine, &config)?;
     let hub = Hub::new(Revisions::read(&engine)?.current);
+    // Before raft starts: entries it re-applies at start-up update the lessor from here.
+    let lessor = Arc::new(Lessor::new());
+    lessor.recover(lease::store::all(&engine)?);
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -156,12 +171,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .validate()
     .map_err(|e| StartError::Raft(e.to_string()))?;
+    let (log_store, log_syncer) =
+        LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?;
     let raft = typ::Raft::new(
         ident.member_id,
         Arc::new(raft_config),
         PeerNetwork,
-        LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?,
-        StateMachine::new(engine.clone(), hub.clone()),
+        log_store,
+        StateMachine::new(engine.clone(), hub.clone(), lessor.clone()),
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -235,6 +252,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     ))
     .max_decoding_message_size(max_decode)
     .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(LeaseService::new(
+        proposer.clone(),
+        engine.clone(),
+        header.clone(),
+        lessor.clone(),
+        lease::min_ttl(config.election_timeout),
+        request_timeout,
+    ))
+    .max_decoding_message_size(max_decode);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -262,6 +288,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lease_expiry = tokio::spawn(expiry::run(
+        lessor.clone(),
+        proposer.clone(),
+        ExpiryConfig {
+            member_id: ident.member_id,
+            promotion_extension: config.election_timeout,
+            checkpoint_interval: config.lease_checkpoint_interval,
+        },
+        stop_rx.clone(),
+    ));
     let mut servers = tokio::task::JoinSet::new();
     for (addr, listener) in client_listeners {
         let router = tonic::transport::Server::builder()
@@ -270,7 +306,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             .add_service(cluster.clone())
             .add_service(health.clone())
             .add_service(watch.clone())
-            .add_service(LeaseUnimplemented)
+            .add_service(lease.clone())
             .add_service(AuthUnimplemented)
             .add_service(ElectionUnimplemented)
             .add_service(LockUnimplemented);
@@ -291,17 +327,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Some(result) = servers.join_next() => {
             if let Ok(Err(e)) = result {
                 let _ = stop_tx.send(true);
+                let _ = lease_expiry.await;
                 let _ = raft.shutdown().await;
+                drop(raft);
+                close_log(log_syncer).await;
                 return Err(e.into());
             }
         }
     }
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    let _ = lease_expiry.await;
     drop(peer_listeners);
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
     }
+    drop(raft);
+    close_log(log_syncer).await;
     info!("stopped serving");
     Ok(())
 }

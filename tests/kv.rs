@@ -215,10 +215,10 @@ async fn compaction_and_errors() {
     );
 
     // Services whose issues have not landed say so.
-    let err = c.lease_grant(10, None).await.unwrap_err();
+    let err = c.lock("l", None).await.unwrap_err();
     let (code, msg) = status_of(err);
     assert_eq!(code, Code::Unimplemented);
-    assert!(msg.contains("Lease"), "{msg}");
+    assert!(msg.contains("Lock"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod unimplemented;
 pub mod watch;

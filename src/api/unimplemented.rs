@@ -32,7 +32,6 @@ macro_rules! unimplemented_service {
     };
 }
 
-unimplemented_service!(LeaseUnimplemented, "etcdserverpb.Lease");
 unimplemented_service!(AuthUnimplemented, "etcdserverpb.Auth");
 unimplemented_service!(ElectionUnimplemented, "v3electionpb.Election");
 unimplemented_service!(LockUnimplemented, "v3lockpb.Lock");

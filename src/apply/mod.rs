@@ -1,50 +1,66 @@
 //! The one apply entry: a committed `RaftRequest` becomes a write batch and a response.
 //! Deterministic: no clock, no randomness, nothing but the request and the stored state.
 
+use crate::lease::{self, LeaseError, LeaseId, NO_LEASE};
 use crate::mvcc::compaction;
 use crate::mvcc::ops::{self, LeaseLookup};
-use crate::mvcc::store::{KvRead, WriteTxn};
-use crate::mvcc::{Event, KvError};
-use crate::proto::cairnpb::{raft_request, RaftRequest};
-use crate::proto::etcdserverpb::{CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader, TxnResponse};
+use crate::mvcc::store::{KvRead, KvWrite, WriteTxn};
+use crate::mvcc::{Event, KeyRange, KvError};
+use crate::proto::cairnpb::{raft_request, Lease, RaftRequest};
+use crate::proto::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
+};
 use crate::storage::{self, Engine, WriteBatch};
 
 /// What applying one log entry answers to the proposer.
 #[derive(Debug)]
 pub enum RaftResponse {
-    /// Blank and membership entries answer nothing.
+    /// Blank, membership and checkpoint entries answer nothing.
     Empty,
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     /// The request was refused deterministically and changed nothing.
-    Rejected(KvError),
+    Rejected(Rejection),
 }
 
-/// The lease store as KV sees it. No lease can exist until the Lease service lands, so any
-/// non-zero lease is unknown, which is etcd's answer for an unknown lease.
-struct NoLeases;
-
-impl LeaseLookup for NoLeases {
-    fn lease_exists(&self, _id: i64) -> bool {
-        false
-    }
+/// Why a request was refused, by the layer that refused it.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
-fn rejected_or_fatal(e: KvError) -> Result<RaftResponse, storage::Error> {
-    match e {
-        KvError::Storage(e) => Err(e),
-        other => Ok(RaftResponse::Rejected(other)),
+/// A change to the lease set, for the lessor once the batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseChange {
+    Granted { id: LeaseId, ttl: i64 },
+    Revoked(LeaseId),
+    Checkpointed { id: LeaseId, remaining_ttl: i64 },
+}
+
+/// KV's question about leases, answered from the stored lease records.
+struct StoredLeases<'e>(&'e Engine);
+
+impl LeaseLookup for StoredLeases<'_> {
+    fn lease_exists(&self, id: LeaseId) -> Result<bool, KvError> {
+        Ok(lease::store::exists(self.0, id)?)
     }
 }
 
 /// What applying one request produced: the batch to write (empty if refused), the answer,
-/// and the watch events to publish once the batch is written.
+/// the watch events to publish and the lease changes to report once the batch is written.
 pub struct Applied {
     pub batch: WriteBatch,
     pub response: RaftResponse,
     pub events: Vec<Event>,
+    pub lease_changes: Vec<LeaseChange>,
 }
 
 impl Applied {
@@ -54,29 +70,122 @@ impl Applied {
             batch: WriteBatch::new(engine),
             response: RaftResponse::Empty,
             events: Vec::new(),
+            lease_changes: Vec::new(),
         }
     }
 }
 
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// Splits a failure into a refusal (answered to the client) or a storage fault (fatal).
+fn refusal(e: Rejection) -> Result<Rejection, storage::Error> {
+    match e {
+        Rejection::Kv(KvError::Storage(e)) | Rejection::Lease(LeaseError::Storage(e)) => Err(e),
+        other => Ok(other),
+    }
+}
+
+fn grant(txn: &mut WriteTxn<'_>, engine: &Engine, r: &LeaseGrantRequest) -> Result<RaftResponse, Rejection> {
+    if r.id == NO_LEASE {
+        return Err(LeaseError::NotFound.into());
+    }
+    if r.ttl > lease::MAX_LEASE_TTL {
+        return Err(LeaseError::TtlTooLarge.into());
+    }
+    if lease::store::exists(engine, r.id).map_err(LeaseError::from)? {
+        return Err(LeaseError::Exists.into());
+    }
+    lease::store::put(
+        txn.batch_mut(),
+        &Lease {
+            id: r.id,
+            ttl: r.ttl,
+            remaining_ttl: 0,
+        },
+    );
+    Ok(RaftResponse::LeaseGrant(LeaseGrantResponse {
+        header: header(txn.rev()),
+        id: r.id,
+        ttl: r.ttl,
+        error: String::new(),
+    }))
+}
+
+/// Deletes every key attached to `id` in one revision, then the lease.
+fn revoke(txn: &mut WriteTxn<'_>, engine: &Engine, id: LeaseId) -> Result<RaftResponse, Rejection> {
+    if !lease::store::exists(engine, id).map_err(LeaseError::from)? {
+        return Err(LeaseError::NotFound.into());
+    }
+    // Key order, as etcd sorts them before deleting.
+    for key in lease::store::keys(engine, id).map_err(LeaseError::from)? {
+        txn.delete_range(&KeyRange::Single(key))?;
+    }
+    lease::store::remove(txn.batch_mut(), id);
+    Ok(RaftResponse::LeaseRevoke(LeaseRevokeResponse {
+        header: header(txn.rev()),
+    }))
+}
+
+/// Records remaining TTLs of the leases that still exist.
+fn checkpoint(
+    txn: &mut WriteTxn<'_>,
+    engine: &Engine,
+    r: &LeaseCheckpointRequest,
+    changes: &mut Vec<LeaseChange>,
+) -> Result<RaftResponse, Rejection> {
+    for cp in &r.checkpoints {
+        let Some(mut stored) = lease::store::get(engine, cp.id).map_err(LeaseError::from)? else {
+            continue;
+        };
+        stored.remaining_ttl = cp.remaining_ttl;
+        lease::store::put(txn.batch_mut(), &stored);
+        changes.push(LeaseChange::Checkpointed {
+            id: cp.id,
+            remaining_ttl: cp.remaining_ttl,
+        });
+    }
+    Ok(RaftResponse::Empty)
+}
+
 /// Applies one request. The caller adds the log id to the batch and writes it.
 pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Error> {
+    use raft_request::Request;
     let mut txn = WriteTxn::begin(engine)?;
+    let leases = StoredLeases(engine);
+    let mut lease_changes = Vec::new();
     let result = match &req.request {
-        Some(raft_request::Request::Put(p)) => ops::put(&mut txn, p, &NoLeases, false).map(RaftResponse::Put),
-        Some(raft_request::Request::DeleteRange(d)) => ops::delete_range(&mut txn, d).map(RaftResponse::DeleteRange),
-        Some(raft_request::Request::Txn(t)) => ops::txn(&mut txn, t, &NoLeases).map(RaftResponse::Txn),
-        Some(raft_request::Request::Compaction(c)) => {
+        Some(Request::Put(p)) => ops::put(&mut txn, p, &leases, false)
+            .map(RaftResponse::Put)
+            .map_err(Rejection::from),
+        Some(Request::DeleteRange(d)) => ops::delete_range(&mut txn, d)
+            .map(RaftResponse::DeleteRange)
+            .map_err(Rejection::from),
+        Some(Request::Txn(t)) => ops::txn(&mut txn, t, &leases)
+            .map(RaftResponse::Txn)
+            .map_err(Rejection::from),
+        Some(Request::Compaction(c)) => {
             let revs = txn.reader().revisions();
-            compaction::check(revs.current, revs.compacted, c.revision).and_then(|()| {
-                compaction::compact(engine, txn.batch_mut(), revs.compacted, c.revision)?;
-                Ok(RaftResponse::Compaction(CompactionResponse {
-                    header: Some(ResponseHeader {
-                        revision: txn.rev(),
-                        ..Default::default()
-                    }),
-                }))
-            })
+            compaction::check(revs.current, revs.compacted, c.revision)
+                .and_then(|()| {
+                    compaction::compact(engine, txn.batch_mut(), revs.compacted, c.revision)?;
+                    Ok(RaftResponse::Compaction(CompactionResponse {
+                        header: header(txn.rev()),
+                    }))
+                })
+                .map_err(Rejection::from)
         }
+        Some(Request::LeaseGrant(g)) => grant(&mut txn, engine, g).inspect(|_| {
+            lease_changes.push(LeaseChange::Granted { id: g.id, ttl: g.ttl });
+        }),
+        Some(Request::LeaseRevoke(r)) => revoke(&mut txn, engine, r.id).inspect(|_| {
+            lease_changes.push(LeaseChange::Revoked(r.id));
+        }),
+        Some(Request::LeaseCheckpoint(c)) => checkpoint(&mut txn, engine, c, &mut lease_changes),
         None => Ok(RaftResponse::Empty),
     };
     match result {
@@ -86,12 +195,14 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
                 batch,
                 response,
                 events,
+                lease_changes,
             })
         }
         Err(e) => Ok(Applied {
             batch: WriteBatch::new(engine),
-            response: rejected_or_fatal(e)?,
+            response: RaftResponse::Rejected(refusal(e)?),
             events: Vec::new(),
+            lease_changes: Vec::new(),
         }),
     }
 }

@@ -14,7 +14,7 @@ use crate::proto::etcdserverpb::{
 
 /// Whether a lease exists: the only thing KV operations ask of the lease store.
 pub trait LeaseLookup {
-    fn lease_exists(&self, id: i64) -> bool;
+    fn lease_exists(&self, id: i64) -> Result<bool, KvError>;
 }
 
 fn header(revision: Revision) -> Option<ResponseHeader> {
@@ -238,7 +238,7 @@ pub fn put(
     leases: &dyn LeaseLookup,
     in_txn: bool,
 ) -> Result<PutResponse, KvError> {
-    if !in_txn && p.lease != 0 && !leases.lease_exists(p.lease) {
+    if !in_txn && p.lease != 0 && !leases.lease_exists(p.lease)? {
         return Err(KvError::LeaseNotFound);
     }
     let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
@@ -370,7 +370,7 @@ fn check_taken_put(t: &impl KvRead, op: &RequestOp, leases: &dyn LeaseLookup) ->
     if (p.ignore_value || p.ignore_lease) && get_latest(t, &p.key)?.is_none() {
         return Err(KvError::KeyNotFound);
     }
-    if p.lease != 0 && !leases.lease_exists(p.lease) {
+    if p.lease != 0 && !leases.lease_exists(p.lease)? {
         return Err(KvError::LeaseNotFound);
     }
     Ok(())

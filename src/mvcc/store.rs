@@ -9,6 +9,7 @@ use super::{
     Event, EventType, KeyRange, KeyValue, KvError, RangeOptions, RangeResult, Revision, INITIAL_REVISION,
     NEVER_COMPACTED,
 };
+use crate::lease::{store as lease_store, NO_LEASE};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 
@@ -190,6 +191,9 @@ impl<V: ReadView> KvRead for Reader<'_, V> {
 
 /// The mutations of one applied request (one main revision), collected in a batch.
 ///
+/// Puts and deletes keep the lease attachment index (`lease::store`) in step with each
+/// key's latest version, in the same batch.
+///
 /// Reads through it see the state before the request plus the request's own changes, as
 /// etcd's `storeTxnWrite` does; the batch is written by the caller, atomically with the
 /// last applied log id.
@@ -313,6 +317,15 @@ impl KvWrite for WriteTxn<'_> {
             value,
             lease,
         };
+        let prev_lease = prev.as_ref().map_or(NO_LEASE, |p| p.lease);
+        if prev_lease != lease {
+            if prev_lease != NO_LEASE {
+                lease_store::detach(&mut self.batch, prev_lease, key);
+            }
+            if lease != NO_LEASE {
+                lease_store::attach(&mut self.batch, lease, key);
+            }
+        }
         self.batch.put(Cf::Kv, &kv_key(key, rev), &encode_put(&kv));
         self.batch
             .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(false, key));
@@ -330,6 +343,9 @@ impl KvWrite for WriteTxn<'_> {
         let rev = self.txn_rev();
         let live = KvRead::range(self, range, &RangeOptions::default())?.kvs;
         for kv in &live {
+            if kv.lease != NO_LEASE {
+                lease_store::detach(&mut self.batch, kv.lease, &kv.key);
+            }
             self.batch.put(Cf::Kv, &kv_key(&kv.key, rev), &[RECORD_TOMBSTONE]);
             self.batch
                 .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(true, &kv.key));

@@ -11,8 +11,8 @@ use crate::storage::Engine;
 
 struct NoLeases;
 impl LeaseLookup for NoLeases {
-    fn lease_exists(&self, _: i64) -> bool {
-        false
+    fn lease_exists(&self, _: i64) -> Result<bool, super::KvError> {
+        Ok(false)
     }
 }
 

@@ -45,6 +45,16 @@ pub struct LogStore {
     syncer: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
 }
 
+/// The syncer thread, to be joined at shutdown.
+pub struct SyncerThread(std::thread::JoinHandle<()>);
+
+impl SyncerThread {
+    /// Waits until the syncer has released the storage.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
 /// Reports appends durable in groups, one fsync per group. Ends when every `LogStore`
 /// clone (every sender) is gone.
 fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
@@ -62,14 +72,16 @@ fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<Type
 }
 
 impl LogStore {
-    /// Fails only if the syncer thread cannot be started.
-    pub fn new(engine: Engine) -> std::io::Result<Self> {
+    /// Fails only if the syncer thread cannot be started. The thread ends once raft has
+    /// dropped every clone of the store; join it before the process exits, or RocksDB may
+    /// be torn down by exit while that thread still holds it open.
+    pub fn new(engine: Engine) -> std::io::Result<(Self, SyncerThread)> {
         let (syncer, waiting) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
         let sync_engine = engine.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(sync_engine, waiting))?;
-        Ok(LogStore { engine, syncer })
+        Ok((LogStore { engine, syncer }, SyncerThread(thread)))
     }
 
     fn last_purged(&self) -> storage::Result<Option<typ::LogId>> {

@@ -19,7 +19,8 @@ use prost::Message;
 
 use super::codec::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 use super::{blocking, typ, TypeConfig};
-use crate::apply::{self, Applied, RaftResponse};
+use crate::apply::{self, Applied, LeaseChange, RaftResponse};
+use crate::lease::{self, Lessor};
 use crate::proto::cairnpb;
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
@@ -40,6 +41,7 @@ const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOErr
 pub struct StateMachine {
     engine: Engine,
     hub: Hub,
+    lessor: Arc<Lessor>,
     /// The last snapshot built, if any: openraft asks for it again when a follower needs it.
     last_snapshot: Arc<Mutex<Option<typ::SnapshotMeta>>>,
 }
@@ -102,10 +104,11 @@ fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
 }
 
 impl StateMachine {
-    pub fn new(engine: Engine, hub: Hub) -> Self {
+    pub fn new(engine: Engine, hub: Hub, lessor: Arc<Lessor>) -> Self {
         StateMachine {
             engine,
             hub,
+            lessor,
             last_snapshot: Arc::new(Mutex::new(None)),
         }
     }
@@ -156,6 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<typ::Entry> = entries.into_iter().collect();
         let engine = self.engine.clone();
         let hub = self.hub.clone();
+        let lessor = self.lessor.clone();
         blocking(JOIN_FAILED, move || {
             let mut responses = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -174,6 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     mut batch,
                     response,
                     events,
+                    lease_changes,
                 } = applied;
                 batch.put(
                     Cf::Meta,
@@ -184,6 +189,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // Only after the write: a watcher reading history must find these changes.
                 if let Some(rev) = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision) {
                     hub.publish(rev, events);
+                }
+                for change in lease_changes {
+                    match change {
+                        LeaseChange::Granted { id, ttl } => lessor.granted(id, ttl),
+                        LeaseChange::Revoked(id) => lessor.revoked(id),
+                        LeaseChange::Checkpointed { id, remaining_ttl } => lessor.checkpointed(id, remaining_ttl),
+                    }
                 }
                 responses.push(response);
             }
@@ -206,10 +218,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<IoCursor<Vec<u8>>>,
     ) -> Result<(), typ::StorageError> {
         let engine = self.engine.clone();
+        let lessor = self.lessor.clone();
         let data = snapshot.into_inner();
         blocking(JOIN_FAILED, move || {
             let batch = load(&engine, &data).map_err(sm_write_err)?;
-            engine.write(batch, true).map_err(sm_write_err)
+            engine.write(batch, true).map_err(sm_write_err)?;
+            lessor.recover(lease::store::all(&engine).map_err(sm_read_err)?);
+            Ok(())
         })
         .await?;
         if let Ok(mut last) = self.last_snapshot.lock() {

@@ -1,7 +1,7 @@
 //! Every column family and metadata key Cairn stores.
 //!
 //! Raft's own state (`raft_log`, `raft_meta`) and the state machine's (`kv`, `rev`, `meta`)
-//! never share a column family, so a snapshot of the state machine is a copy of three of them.
+//! never share a column family, so a snapshot of the state machine is a copy of four of them.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cf {
@@ -15,12 +15,14 @@ pub enum Cf {
     Rev,
     /// State-machine metadata: revisions, last applied log id, membership.
     Meta,
+    /// Leases and the keys attached to them (see `lease::store`).
+    Lease,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftMeta, Cf::Kv, Cf::Rev, Cf::Meta];
+    pub const ALL: [Cf; 6] = [Cf::RaftLog, Cf::RaftMeta, Cf::Kv, Cf::Rev, Cf::Meta, Cf::Lease];
     /// The state machine's column families: what a snapshot carries.
-    pub const STATE_MACHINE: [Cf; 3] = [Cf::Kv, Cf::Rev, Cf::Meta];
+    pub const STATE_MACHINE: [Cf; 4] = [Cf::Kv, Cf::Rev, Cf::Meta, Cf::Lease];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +31,7 @@ impl Cf {
             Cf::Kv => "kv",
             Cf::Rev => "rev",
             Cf::Meta => "meta",
+            Cf::Lease => "lease",
         }
     }
 
@@ -43,6 +46,7 @@ impl Cf {
             Cf::Kv => 2,
             Cf::Rev => 3,
             Cf::Meta => 4,
+            Cf::Lease => 5,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Node {
     pub client_port: u16,
     pub peer_port: u16,
     pub log: PathBuf,
+    /// Flags beyond the ones every test node gets.
+    pub extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -32,7 +34,7 @@ impl Node {
 
     fn args(&self) -> Vec<String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        vec![
+        let mut args: Vec<String> = vec![
             "--name".into(),
             "n1".into(),
             "--data-dir".into(),
@@ -47,11 +49,18 @@ impl Node {
             peer.clone(),
             "--initial-cluster".into(),
             format!("n1={peer}"),
-        ]
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 
     /// Starts a fresh node in a new temporary directory and waits until it serves.
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a fresh node with extra flags.
+    pub fn start_with(extra_args: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut node = Node {
             child: None,
@@ -59,6 +68,7 @@ impl Node {
             client_port: free_port(),
             peer_port: free_port(),
             log: tmp.path().join("cairn.log"),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
         };
         node.launch();

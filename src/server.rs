@@ -215,6 +215,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .read_barrier()
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let expiry_config = ExpiryConfig {
+        member_id: ident.member_id,
+        promotion_extension: config.election_timeout,
+        checkpoint_interval: config.lease_checkpoint_interval,
+    };
+    // Leases get their deadlines before the first keep-alive can arrive; the expiry loop
+    // follows later leadership changes.
+    expiry::follow_leadership(&lessor, &proposer, &expiry_config);
     info!("cluster-version" = CLUSTER_VERSION, "enabled capabilities for version");
     info!(
         "local-member-id" = %format!("{:x}", ident.member_id),
@@ -291,11 +299,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let lease_expiry = tokio::spawn(expiry::run(
         lessor.clone(),
         proposer.clone(),
-        ExpiryConfig {
-            member_id: ident.member_id,
-            promotion_extension: config.election_timeout,
-            checkpoint_interval: config.lease_checkpoint_interval,
-        },
+        expiry_config,
         stop_rx.clone(),
     ));
     let mut servers = tokio::task::JoinSet::new();

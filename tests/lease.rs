@@ -255,3 +255,66 @@ async fn restart_resumes_remaining_ttl() {
     let all = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
     assert_eq!(all.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_expiry_is_on_time_with_one_revision_per_lease() {
+    const LEASES: usize = 500;
+    let node = Node::start();
+    let mut c = node.client().await;
+    let from = revision(&mut c).await + 1;
+    let mut watch = c
+        .watch("m/", Some(WatchOptions::new().with_prefix().with_start_revision(from)))
+        .await
+        .unwrap();
+    const TTL: u64 = 6;
+    let first_sent = Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..LEASES {
+        ids.push(c.lease_grant(TTL as i64, None).await.unwrap().id());
+    }
+    let last_granted = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        for k in 0..2 {
+            c.put(format!("m/{i:04}/{k}"), "v", Some(PutOptions::new().with_lease(*id)))
+                .await
+                .unwrap();
+        }
+    }
+    let all = || Some(GetOptions::new().with_prefix().with_count_only());
+    let ttl = Duration::from_secs(TTL);
+    let gone = loop {
+        let left = c.get("m/", all()).await.unwrap().count();
+        if first_sent.elapsed() < ttl - Duration::from_millis(200) {
+            assert_eq!(left, 2 * LEASES as i64, "a lease expired before its TTL");
+        }
+        if left == 0 {
+            break Instant::now();
+        }
+        assert!(last_granted.elapsed() < ttl * 3, "leases still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let late = gone.duration_since(last_granted);
+    assert!(
+        late < ttl + Duration::from_secs(1),
+        "last lease gone {late:?} after its grant"
+    );
+
+    // Every lease's two keys go together, in a revision of their own.
+    let mut deletes: std::collections::BTreeMap<i64, Vec<Vec<u8>>> = Default::default();
+    while deletes.values().map(Vec::len).sum::<usize>() < 2 * LEASES {
+        let resp = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("events")
+            .unwrap()
+            .expect("an open stream");
+        for e in resp.events().iter().filter(|e| e.event_type() == EventType::Delete) {
+            let kv = e.kv().unwrap();
+            deletes.entry(kv.mod_revision()).or_default().push(kv.key().to_vec());
+        }
+    }
+    assert_eq!(deletes.len(), LEASES);
+    for keys in deletes.values() {
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0][..6], keys[1][..6], "one lease per revision: {keys:?}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The leader's lease duties: follow leadership into the lessor, propose revocations of
-//! expired leases, and checkpoint remaining TTLs. Everything it decides goes through the
+//! expired leases (batched: one entry revokes up to a thousand, each in its own revision),
+//! and checkpoint remaining TTLs. Everything it decides goes through the
 //! log; the state machine never reads a clock.
 
 use std::sync::Arc;
@@ -10,16 +11,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{LeaseError, LeaseId, Lessor};
-use crate::apply::{RaftResponse, Rejection};
+use super::{LeaseId, Lessor};
+use crate::apply::RaftResponse;
 use crate::error::ServerError;
-use crate::proto::cairnpb::{raft_request, RaftRequest};
-use crate::proto::etcdserverpb::{LeaseCheckpointRequest, LeaseRevokeRequest};
+use crate::proto::cairnpb::{raft_request, LeaseExpiry, RaftRequest};
+use crate::proto::etcdserverpb::LeaseCheckpointRequest;
 use crate::raft::Proposer;
 
-/// Revocations proposed and not yet answered, at most. Expiring leases beyond it wait for
-/// the next round, so a mass expiry cannot flood the log (etcd rate-limits the same way).
-pub const MAX_REVOKES_IN_FLIGHT: usize = 64;
+/// Expired leases revoked by one log entry, at most (each still gets its own revision).
+const EXPIRY_BATCH: usize = 1000;
+
+/// Expiry entries proposed and not yet answered, at most: a mass expiry is a handful of
+/// entries in flight, never a flood of them.
+const MAX_EXPIRIES_IN_FLIGHT: usize = 4;
 
 /// The longest the loop sleeps: how late leadership changes and checkpoints are noticed.
 /// Expiries are not: the loop wakes at the next deadline.
@@ -42,17 +46,29 @@ fn is_leader(proposer: &Proposer, member_id: u64) -> bool {
     m.state == ServerState::Leader && m.current_leader == Some(member_id)
 }
 
-async fn revoke(proposer: Proposer, id: LeaseId) -> (LeaseId, Result<(), ServerError>) {
+/// Promotes or demotes the lessor to match raft's leadership; whether this member leads.
+pub fn follow_leadership(lessor: &Lessor, proposer: &Proposer, config: &ExpiryConfig) -> bool {
+    let leader = is_leader(proposer, config.member_id);
+    if leader != lessor.is_primary() {
+        if leader {
+            lessor.promote(config.promotion_extension);
+        } else {
+            lessor.demote();
+        }
+    }
+    leader
+}
+
+async fn expire(proposer: Proposer, ids: Vec<LeaseId>) -> (Vec<LeaseId>, Result<(), ServerError>) {
     let req = RaftRequest {
-        request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id })),
+        request: Some(raft_request::Request::LeaseExpiry(LeaseExpiry { ids: ids.clone() })),
     };
     let outcome = match proposer.propose(req).await {
-        // Revoked meanwhile by a client: as good.
-        Ok(RaftResponse::LeaseRevoke(_)) | Ok(RaftResponse::Rejected(Rejection::Lease(LeaseError::NotFound))) => Ok(()),
-        Ok(other) => Err(ServerError::Internal(format!("unexpected revoke answer {other:?}"))),
+        Ok(RaftResponse::Empty) => Ok(()),
+        Ok(other) => Err(ServerError::Internal(format!("unexpected expiry answer {other:?}"))),
         Err(e) => Err(e),
     };
-    (id, outcome)
+    (ids, outcome)
 }
 
 /// Proposes every due checkpoint, a batch at a time.
@@ -84,23 +100,19 @@ pub async fn run(
     config: ExpiryConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut revokes: JoinSet<(LeaseId, Result<(), ServerError>)> = JoinSet::new();
+    let mut expiries: JoinSet<(Vec<LeaseId>, Result<(), ServerError>)> = JoinSet::new();
     let mut checkpoints: JoinSet<()> = JoinSet::new();
     let mut next_checkpoint = config.checkpoint_interval.map(|every| Instant::now() + every);
     loop {
-        let leader = is_leader(&proposer, config.member_id);
-        if leader != lessor.is_primary() {
-            if leader {
-                lessor.promote(config.promotion_extension);
-            } else {
-                lessor.demote();
-            }
-        }
+        let leader = follow_leadership(&lessor, &proposer, &config);
         let now = Instant::now();
         if leader {
-            let room = MAX_REVOKES_IN_FLIGHT.saturating_sub(revokes.len());
-            for id in lessor.take_expired(now.into_std(), room) {
-                revokes.spawn(revoke(proposer.clone(), id));
+            while expiries.len() < MAX_EXPIRIES_IN_FLIGHT {
+                let expired = lessor.take_expired(now.into_std(), EXPIRY_BATCH);
+                if expired.is_empty() {
+                    break;
+                }
+                expiries.spawn(expire(proposer.clone(), expired));
             }
             if let (Some(at), Some(every)) = (next_checkpoint, config.checkpoint_interval) {
                 if now >= at && checkpoints.is_empty() {
@@ -109,11 +121,11 @@ pub async fn run(
                 }
             }
         }
-        // With every revocation slot taken, a finished one wakes the loop, not a deadline
-        // that has already passed.
+        // With every expiry slot taken, a finished one wakes the loop, not a deadline that
+        // has already passed.
         let wake = lessor
             .next_deadline()
-            .filter(|_| revokes.len() < MAX_REVOKES_IN_FLIGHT)
+            .filter(|_| expiries.len() < MAX_EXPIRIES_IN_FLIGHT)
             .map(Instant::from_std)
             .filter(|at| *at < now + TICK)
             .unwrap_or(now + TICK);
@@ -124,17 +136,19 @@ pub async fn run(
                     break;
                 }
             }
-            Some(done) = revokes.join_next() => match done {
+            Some(done) = expiries.join_next() => match done {
                 Ok((_, Ok(()))) => {}
-                Ok((id, Err(e))) => {
-                    warn!(lease = %format!("{id:016x}"), error = %e, "failed to revoke expired lease; retrying");
-                    lessor.revoke_failed(id);
+                Ok((ids, Err(e))) => {
+                    warn!(leases = ids.len(), error = %e, "failed to revoke expired leases; retrying");
+                    for id in ids {
+                        lessor.revoke_failed(id);
+                    }
                 }
-                Err(e) => warn!(error = %e, "lease revocation task failed"),
+                Err(e) => warn!(error = %e, "lease expiry task failed"),
             },
             Some(_) = checkpoints.join_next() => {}
         }
     }
-    revokes.abort_all();
+    expiries.abort_all();
     checkpoints.abort_all();
 }

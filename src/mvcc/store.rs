@@ -189,18 +189,22 @@ impl<V: ReadView> KvRead for Reader<'_, V> {
     }
 }
 
-/// The mutations of one applied request (one main revision), collected in a batch.
+/// The mutations of one applied request, collected in a batch: one main revision, or a run
+/// of them (`next_revision`) for a request etcd would have applied as several, such as the
+/// revocation of a batch of expired leases.
 ///
 /// Puts and deletes keep the lease attachment index (`lease::store`) in step with each
 /// key's latest version, in the same batch.
 ///
 /// Reads through it see the state before the request plus the request's own changes, as
-/// etcd's `storeTxnWrite` does; the batch is written by the caller, atomically with the
-/// last applied log id.
+/// etcd's `storeTxnWrite` does (at any of its own revisions: its latest state); the batch is
+/// written by the caller, atomically with the last applied log id.
 pub struct WriteTxn<'e> {
     reader: Reader<'e, Engine>,
     batch: WriteBatch,
-    /// Changes so far: the next change's sub-revision.
+    /// Revisions completed before the current one (see `next_revision`).
+    earlier_revisions: i64,
+    /// Changes so far in the current revision: the next change's sub-revision.
     changes: i64,
     /// The state after this txn of every key it changed (`None` = deleted).
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
@@ -213,6 +217,7 @@ impl<'e> WriteTxn<'e> {
         Ok(WriteTxn {
             reader: Reader::new(engine)?,
             batch: WriteBatch::new(engine),
+            earlier_revisions: 0,
             changes: 0,
             overlay: BTreeMap::new(),
             events: Vec::new(),
@@ -223,12 +228,27 @@ impl<'e> WriteTxn<'e> {
         self.reader.revs.current
     }
 
+    /// The revision the next change gets.
     fn txn_rev(&self) -> Revision {
-        self.begin_rev() + 1
+        self.begin_rev() + self.earlier_revisions + 1
     }
 
+    /// Whether the current revision has changes.
     pub fn has_changes(&self) -> bool {
         self.changes > 0
+    }
+
+    /// Closes the current revision if it has changes: later changes get the next one.
+    pub fn next_revision(&mut self) {
+        if self.has_changes() {
+            self.earlier_revisions += 1;
+            self.changes = 0;
+        }
+    }
+
+    /// The last revision this txn wrote, or the one it began at.
+    fn last_rev(&self) -> Revision {
+        self.begin_rev() + self.earlier_revisions + i64::from(self.has_changes())
     }
 
     pub fn reader(&self) -> &Reader<'e, Engine> {
@@ -245,8 +265,8 @@ impl<'e> WriteTxn<'e> {
     /// Hands back the batch, with the new current revision recorded if anything changed,
     /// and the watch events of the changes.
     pub fn finish(mut self) -> (WriteBatch, Vec<Event>) {
-        if self.has_changes() {
-            let rev = self.txn_rev();
+        let rev = self.last_rev();
+        if rev > self.begin_rev() {
             self.batch.put(Cf::Meta, meta::CURRENT_REV, &rev.to_be_bytes());
         }
         (self.batch, self.events)
@@ -260,11 +280,7 @@ impl<'e> WriteTxn<'e> {
 
 impl KvRead for WriteTxn<'_> {
     fn rev(&self) -> Revision {
-        if self.has_changes() {
-            self.txn_rev()
-        } else {
-            self.begin_rev()
-        }
+        self.last_rev()
     }
     fn compacted(&self) -> Revision {
         self.reader.revs.compacted
@@ -362,6 +378,6 @@ impl KvWrite for WriteTxn<'_> {
             });
         }
         let n = live.len() as i64;
-        Ok((n, if self.has_changes() { rev } else { self.begin_rev() }))
+        Ok((n, self.last_rev()))
     }
 }

@@ -2,7 +2,7 @@
 
 use super::compaction;
 use super::ops::{self, LeaseLookup};
-use super::store::{KvRead, Reader, WriteTxn};
+use super::store::{KvRead, KvWrite, Reader, WriteTxn};
 use super::{KeyRange, KvError, RangeOptions};
 use crate::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -208,4 +208,28 @@ fn malformed_ops_are_reported_before_duplicates() {
         failure: vec![op(request_op::Request::RequestTxn(nested))],
     };
     assert!(matches!(ops::check_txn_request(&t, 128), Err(KvError::EmptyKey)));
+}
+
+#[test]
+fn one_txn_can_write_a_run_of_revisions() {
+    let (_dir, engine) = engine();
+    let start = put(&engine, "a", "0");
+    let mut txn = WriteTxn::begin(&engine).unwrap();
+    txn.put(b"a", b"1".to_vec(), 0).unwrap();
+    txn.next_revision();
+    txn.put(b"b", b"1".to_vec(), 0).unwrap();
+    txn.next_revision();
+    txn.next_revision(); // nothing written since: no empty revision
+    let (deleted, rev) = txn.delete_range(&KeyRange::Single(b"a".to_vec())).unwrap();
+    assert_eq!((deleted, rev), (1, start + 3));
+    assert_eq!(txn.rev(), start + 3);
+    let (batch, events) = txn.finish();
+    let revs: Vec<i64> = events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+    assert_eq!(revs, vec![start + 1, start + 2, start + 3]);
+    engine.write(batch, false).unwrap();
+    assert_eq!(get_at(&engine, "a", start + 1).unwrap().as_deref(), Some("1"));
+    assert_eq!(get_at(&engine, "b", start + 1).unwrap(), None);
+    assert_eq!(get_at(&engine, "b", start + 2).unwrap().as_deref(), Some("1"));
+    assert_eq!(get_at(&engine, "a", start + 3).unwrap(), None);
+    assert_eq!(Reader::new(&engine).unwrap().revisions().current, start + 3);
 }

@@ -103,6 +103,24 @@ fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
     Ok(batch)
 }
 
+fn revision_of(event: &crate::mvcc::Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+/// Hands the hub one revision at a time: an entry usually writes one, an expiry entry many.
+fn publish_by_revision(hub: &Hub, mut events: Vec<crate::mvcc::Event>) {
+    while let Some(first) = events.first() {
+        let rev = revision_of(first);
+        let split = events
+            .iter()
+            .position(|e| revision_of(e) != rev)
+            .unwrap_or(events.len());
+        let rest = events.split_off(split);
+        hub.publish(rev, events);
+        events = rest;
+    }
+}
+
 impl StateMachine {
     pub fn new(engine: Engine, hub: Hub, lessor: Arc<Lessor>) -> Self {
         StateMachine {
@@ -187,9 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 );
                 engine.write(batch, false).map_err(sm_write_err)?;
                 // Only after the write: a watcher reading history must find these changes.
-                if let Some(rev) = events.first().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision) {
-                    hub.publish(rev, events);
-                }
+                publish_by_revision(&hub, events);
                 for change in lease_changes {
                     match change {
                         LeaseChange::Granted { id, ttl } => lessor.granted(id, ttl),

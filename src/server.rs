@@ -124,14 +124,6 @@ fn accept_clients(
     })
 }
 
-/// Waits (boundedly) for the log syncer to let go of the storage once raft is shut down.
-async fn close_log(syncer: crate::raft::log_store::SyncerThread) {
-    let joined = tokio::task::spawn_blocking(move || syncer.join());
-    if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
-        warn!("raft log syncer still running after shutdown");
-    }
-}
-
 /// Runs one member until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     info!(
@@ -171,13 +163,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     .validate()
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    let (log_store, log_syncer) =
-        LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?;
     let raft = typ::Raft::new(
         ident.member_id,
         Arc::new(raft_config),
         PeerNetwork,
-        log_store,
+        LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?,
         StateMachine::new(engine.clone(), hub.clone(), lessor.clone()),
     )
     .await
@@ -333,8 +323,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 let _ = stop_tx.send(true);
                 let _ = lease_expiry.await;
                 let _ = raft.shutdown().await;
-                drop(raft);
-                close_log(log_syncer).await;
                 return Err(e.into());
             }
         }
@@ -346,8 +334,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
     }
-    drop(raft);
-    close_log(log_syncer).await;
     info!("stopped serving");
     Ok(())
 }

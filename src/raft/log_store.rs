@@ -10,6 +10,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, StorageIOError};
@@ -17,6 +18,7 @@ use prost::Message;
 
 use super::codec::{decode, entry_from_bytes, entry_to_bytes, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
 use super::{blocking, typ, TypeConfig};
+
 use crate::proto::cairnpb;
 use crate::storage::schema::raft_meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
@@ -42,21 +44,28 @@ const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOErr
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
-    syncer: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
 }
 
-/// The syncer thread, to be joined at shutdown.
-pub struct SyncerThread(std::thread::JoinHandle<()>);
+/// The syncer thread and its queue, shared by every clone of the store. Dropping the last
+/// clone closes the queue and joins the thread, so the thread never outlives the store
+/// holding RocksDB open: a process exiting while it did crashed in RocksDB's teardown.
+struct Syncer {
+    queue: Option<std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
-impl SyncerThread {
-    /// Waits until the syncer has released the storage.
-    pub fn join(self) {
-        let _ = self.0.join();
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            // Ends after the group in hand (one fsync) once the queue is closed.
+            let _ = thread.join();
+        }
     }
 }
 
-/// Reports appends durable in groups, one fsync per group. Ends when every `LogStore`
-/// clone (every sender) is gone.
+/// Reports appends durable in groups, one fsync per group. Ends when the queue closes.
 fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = waiting.recv() {
         let mut group = vec![first];
@@ -72,16 +81,18 @@ fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<Type
 }
 
 impl LogStore {
-    /// Fails only if the syncer thread cannot be started. The thread ends once raft has
-    /// dropped every clone of the store; join it before the process exits, or RocksDB may
-    /// be torn down by exit while that thread still holds it open.
-    pub fn new(engine: Engine) -> std::io::Result<(Self, SyncerThread)> {
-        let (syncer, waiting) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+    /// Fails only if the syncer thread cannot be started.
+    pub fn new(engine: Engine) -> std::io::Result<Self> {
+        let (queue, waiting) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
         let sync_engine = engine.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(sync_engine, waiting))?;
-        Ok((LogStore { engine, syncer }, SyncerThread(thread)))
+        let syncer = Arc::new(Syncer {
+            queue: Some(queue),
+            thread: Some(thread),
+        });
+        Ok(LogStore { engine, syncer })
     }
 
     fn last_purged(&self) -> storage::Result<Option<typ::LogId>> {
@@ -222,8 +233,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(JOIN_FAILED, move || {
             engine.write(batch, false).map_err(write_err)?;
             syncer
-                .send(callback)
-                .map_err(|_| write_err(crate::storage::Error::Engine("raft log syncer stopped".into())))
+                .queue
+                .as_ref()
+                .ok_or(())
+                .and_then(|queue| queue.send(callback).map_err(|_| ()))
+                .map_err(|()| write_err(crate::storage::Error::Engine("raft log syncer stopped".into())))
         })
         .await
     }

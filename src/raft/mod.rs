@@ -127,7 +127,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
             let engine = Engine::open(dir.path(), None).map_err(|e| openraft::StorageIOError::write(&e))?;
             let hub = crate::watch::Hub::new(crate::mvcc::INITIAL_REVISION);
-            let (log, _syncer) = LogStore::new(engine.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+            let log = LogStore::new(engine.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
             let lessor = std::sync::Arc::new(crate::lease::Lessor::new());
             Ok((dir, log, StateMachine::new(engine, hub, lessor)))
         }

@@ -41,11 +41,13 @@ import collections
 import hashlib
 import importlib.metadata
 import os
+import queue
 import random
 import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -813,6 +815,73 @@ def call_both(servers, kind, req, timeout):
     return out
 
 
+class StreamSide:
+    """One bidi stream on one server (method: a stub's stream method, e.g.
+    WatchStub.Watch or LeaseStub.LeaseKeepAlive); a thread collects the responses.
+    Used by watch_diff.py and lease_diff.py."""
+
+    def __init__(self, method):
+        self.q = queue.Queue()
+        self.resps = []
+        self.cond = threading.Condition()
+        self.done = False
+        self.err = None
+        self.cancelled = False
+        self.call = method(iter(self.q.get, None))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for r in self.call:
+                with self.cond:
+                    self.resps.append(r)
+                    self.cond.notify_all()
+        except grpc.RpcError as e:
+            with self.cond:
+                self.err = e
+        finally:
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def send(self, req):
+        self.q.put(req)
+
+    def half_close(self):
+        """The client side is done sending; the server may still answer."""
+        self.q.put(None)
+
+    def cancel(self):
+        """Client-side cancel of the whole stream."""
+        self.cancelled = True
+        self.call.cancel()
+        self.q.put(None)
+
+    def count(self):
+        with self.cond:
+            return len(self.resps)
+
+    def wait_for(self, pred, timeout):
+        """Wait until pred(responses so far) holds, the stream ends or timeout (s) passes;
+        returns pred's last value."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not pred(self.resps) and not self.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return pred(self.resps)
+
+    def wait_count(self, n, timeout):
+        return self.wait_for(lambda rs: len(rs) >= n, timeout)
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.resps)
+
+
 def txn_shape(t, depth=0, acc=None):
     acc = acc if acc is not None else {"nested": 0, "ops": 0}
     for op in list(t.success) + list(t.failure):
@@ -823,16 +892,27 @@ def txn_shape(t, depth=0, acc=None):
     return acc
 
 
-def run_seed(args):
-    subject = Server(args.subject_name, args.subject, args.subject_pid)
-    reference = Server(args.reference_name, args.reference, args.reference_pid)
-    for s in (subject, reference):
+def open_servers(args, cls=Server):
+    """The subject and the reference of a `run` (cls: a Server class), once both answer a
+    Range; sets TRANSPORT_CODES. None, after printing `seed N: SETUP FAILURE: ...`, when
+    one does not answer within --wait-timeout."""
+    servers = (cls(args.subject_name, args.subject, args.subject_pid),
+               cls(args.reference_name, args.reference, args.reference_pid))
+    for s in servers:
         err = s.wait_ready(args.wait_timeout)
         if err:
             print("seed %d: SETUP FAILURE: %s" % (args.seed, err))
-            return 2
+            return None
     global TRANSPORT_CODES
     TRANSPORT_CODES = transport_codes()
+    return servers
+
+
+def run_seed(args):
+    servers = open_servers(args)
+    if servers is None:
+        return 2
+    subject, reference = servers
     gen = Gen(args.seed)
     ops = collections.Counter()
     variants = collections.Counter()
@@ -948,18 +1028,28 @@ def make_parser(doc, default_ops):
     return ap, rp
 
 
-def main():
-    ap, _ = make_parser(__doc__, 2000)
-    args = ap.parse_args()
+def dispatch(args, run, loaded=None):
+    """The rest of a diff driver's main() once the command line (make_parser's) is parsed:
+    `ports` prints free ports; `stubs` and `run` generate and load the stubs, then call
+    loaded() (which binds the driver's own module globals to pb, grpc, ...); `run` then
+    returns run(args), `stubs` 0."""
     if args.cmd == "ports":
         print(" ".join(map(str, free_ports(args.n))))
         return 0
     ensure_stubs(args.proto_dir, args.cache)
     load_pb()
+    if loaded is not None:
+        loaded()
     if args.cmd == "stubs":
         return 0
     sys.stdout.reconfigure(line_buffering=True)
-    return run_seed(args)
+    return run(args)
+
+
+def main():
+    ap, _ = make_parser(__doc__, 2000)
+    args = ap.parse_args()
+    return dispatch(args, run_seed)
 
 
 if __name__ == "__main__":

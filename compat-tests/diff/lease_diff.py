@@ -90,11 +90,9 @@ The last line of `run` is `COUNTS <passed> <failed>` (phases).
 
 import collections
 import os
-import queue
 import random
 import re
 import sys
-import threading
 import time
 import traceback
 
@@ -155,64 +153,6 @@ class Server(kd.Server):
         super().__init__(name, endpoint, pid)
         self.lease = rpc_grpc.LeaseStub(self.channel)
         self.watch = rpc_grpc.WatchStub(self.channel)
-
-
-class StreamSide:
-    """One bidi stream on one server; a thread collects the responses."""
-
-    def __init__(self, method):
-        self.q = queue.Queue()
-        self.resps = []
-        self.cond = threading.Condition()
-        self.done = False
-        self.err = None
-        self.cancelled = False
-        self.call = method(iter(self.q.get, None))
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        try:
-            for r in self.call:
-                with self.cond:
-                    self.resps.append(r)
-                    self.cond.notify_all()
-        except grpc.RpcError as e:
-            with self.cond:
-                self.err = e
-        finally:
-            with self.cond:
-                self.done = True
-                self.cond.notify_all()
-
-    def send(self, req):
-        self.q.put(req)
-
-    def close(self):
-        self.cancelled = True
-        self.call.cancel()
-        self.q.put(None)
-
-    def count(self):
-        with self.cond:
-            return len(self.resps)
-
-    def wait_for(self, pred, timeout):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not pred(self.resps) and not self.done:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return pred(self.resps)
-
-    def wait_count(self, n, timeout):
-        return self.wait_for(lambda rs: len(rs) >= n, timeout)
-
-    def snapshot(self):
-        with self.cond:
-            return list(self.resps)
 
 
 class Lease:
@@ -1081,7 +1021,7 @@ class Tester(kd.Draws):
 
     # ---- watch
     def open_watch(self):
-        self.watch = [StreamSide(s.watch.Watch) for s in self.servers]
+        self.watch = [kd.StreamSide(s.watch.Watch) for s in self.servers]
         creq = pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=b"\x00", range_end=b"\x00", prev_kv=True))
         for st in self.watch:
@@ -1265,7 +1205,7 @@ class Tester(kd.Draws):
 
     # ---- driver
     def run(self):
-        self.ka = [StreamSide(s.lease.LeaseKeepAlive) for s in self.servers]
+        self.ka = [kd.StreamSide(s.lease.LeaseKeepAlive) for s in self.servers]
         self.open_watch()
         steps = {"grant": self.phase_grant, "revoke": self.phase_revoke, "ttl": self.phase_ttl,
                  "keepalive": self.phase_keepalive, "kv": self.phase_kv, "txn": self.phase_txn,
@@ -1298,21 +1238,16 @@ class Tester(kd.Draws):
     def shutdown(self):
         for sts in (self.ka, self.watch):
             for st in sts or ():
-                st.close()
+                st.cancel()
 
 
 def run_seed(args):
-    subject = Server(args.subject_name, args.subject, args.subject_pid)
-    reference = Server(args.reference_name, args.reference, args.reference_pid)
-    for s in (subject, reference):
-        err = s.wait_ready(args.wait_timeout)
-        if err:
-            print("seed %d: SETUP FAILURE: %s" % (args.seed, err))
-            print("FAIL lease/seed%d (setup)" % args.seed)
-            print("COUNTS 0 1")
-            return 2
-    kd.TRANSPORT_CODES = kd.transport_codes()
-    t = Tester(args, subject, reference)
+    servers = kd.open_servers(args, Server)
+    if servers is None:
+        print("FAIL lease/seed%d (setup)" % args.seed)
+        print("COUNTS 0 1")
+        return 2
+    t = Tester(args, *servers)
     try:
         rc = t.run()
     except (HarnessError, Abort) as e:  # while opening the streams
@@ -1357,17 +1292,11 @@ def main():
     rp.add_argument("--max-reports", type=int, default=3,
                     help="mismatches printed in full per phase")
     args = ap.parse_args()
-    if args.cmd == "ports":
-        print(" ".join(map(str, kd.free_ports(args.n))))
-        return 0
-    kd.ensure_stubs(args.proto_dir, args.cache)
-    kd.load_pb()
-    global pb, grpc, rpc_grpc
-    pb, grpc, rpc_grpc = kd.pb, kd.grpc, kd.rpc_grpc
-    if args.cmd == "stubs":
-        return 0
-    sys.stdout.reconfigure(line_buffering=True)
-    return run_seed(args)
+
+    def loaded():
+        global pb, grpc, rpc_grpc
+        pb, grpc, rpc_grpc = kd.pb, kd.grpc, kd.rpc_grpc
+    return kd.dispatch(args, run_seed, loaded)
 
 
 if __name__ == "__main__":

@@ -96,10 +96,8 @@ Usage (normally through ./watch-run):
 
 import collections
 import os
-import queue
 import random
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -151,65 +149,6 @@ class Server(kd.Server):
         self.watch = rpc_grpc.WatchStub(self.channel)
 
 
-class Side:
-    """One real Watch stream on one server; a thread collects the responses."""
-
-    def __init__(self, server):
-        self.server = server
-        self.q = queue.Queue()
-        self.resps = []
-        self.cond = threading.Condition()
-        self.done = False
-        self.err = None
-        self.cancelled = False
-        self.call = server.watch.Watch(iter(self.q.get, None))
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        try:
-            for r in self.call:
-                with self.cond:
-                    self.resps.append(r)
-                    self.cond.notify_all()
-        except grpc.RpcError as e:
-            with self.cond:
-                self.err = e
-        finally:
-            with self.cond:
-                self.done = True
-                self.cond.notify_all()
-
-    def send(self, req):
-        self.q.put(req)
-
-    def half_close(self):
-        self.q.put(None)
-
-    def cancel(self):
-        self.cancelled = True
-        self.call.cancel()
-        self.q.put(None)
-
-    def count(self):
-        with self.cond:
-            return len(self.resps)
-
-    def wait_count(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.resps) < n and not self.done:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return len(self.resps) >= n
-
-    def snapshot(self):
-        with self.cond:
-            return list(self.resps)
-
-
 class Watcher:
     """etcd's view of one watcher of a stream (in the stream's map until cancelled)."""
 
@@ -252,7 +191,7 @@ class Stream:
 
     def __init__(self, idx, label, servers, opidx):
         self.idx, self.label = idx, label
-        self.sides = [Side(s) for s in servers]  # [subject, reference]
+        self.sides = [kd.StreamSide(s.watch.Watch) for s in servers]  # [subject, reference]
         self.watchers = collections.OrderedDict()
         self.next_auto = 0
         self.expected = 0
@@ -1209,15 +1148,10 @@ class Tester(kd.Draws):
 
 
 def run_seed(args):
-    subject = Server(args.subject_name, args.subject, args.subject_pid)
-    reference = Server(args.reference_name, args.reference, args.reference_pid)
-    for s in (subject, reference):
-        err = s.wait_ready(args.wait_timeout)
-        if err:
-            print("seed %d: SETUP FAILURE: %s" % (args.seed, err))
-            return 2
-    kd.TRANSPORT_CODES = kd.transport_codes()
-    t = Tester(args, subject, reference)
+    servers = kd.open_servers(args, Server)
+    if servers is None:
+        return 2
+    t = Tester(args, *servers)
     rc = 0
     try:
         t.run()
@@ -1278,19 +1212,13 @@ def main():
         unknown = args.avoid - {"compacted-watcher", "negative-start"}
         if unknown:
             ap.error("--avoid: unknown: %s" % ", ".join(sorted(unknown)))
-    if args.cmd == "ports":
-        print(" ".join(map(str, kd.free_ports(args.n))))
-        return 0
-    kd.ensure_stubs(args.proto_dir, args.cache)
-    kd.load_pb()
-    global pb, grpc, rpc_grpc, mvccpb
-    pb, grpc, rpc_grpc = kd.pb, kd.grpc, kd.rpc_grpc
-    from etcd.api.mvccpb import kv_pb2
-    mvccpb = kv_pb2
-    if args.cmd == "stubs":
-        return 0
-    sys.stdout.reconfigure(line_buffering=True)
-    return run_seed(args)
+
+    def loaded():
+        global pb, grpc, rpc_grpc, mvccpb
+        pb, grpc, rpc_grpc = kd.pb, kd.grpc, kd.rpc_grpc
+        from etcd.api.mvccpb import kv_pb2
+        mvccpb = kv_pb2
+    return kd.dispatch(args, run_seed, loaded)
 
 
 if __name__ == "__main__":

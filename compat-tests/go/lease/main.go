@@ -73,6 +73,32 @@ func revokeQuietly(cli *clientv3.Client, ids ...clientv3.LeaseID) {
 	}
 }
 
+// sessions opens n sessions (TTL 10 s) on two clients: the check's own and a
+// second one, in turn (e.Cli, second, e.Cli, ...). cleanup closes the sessions
+// (revoking their leases), then the second client; on error nothing is left open.
+func sessions(e *check.Env, n int) (ss []*concurrency.Session, cleanup func(), err error) {
+	cli2, err := check.NewClient(e.Eps)
+	if err != nil {
+		return nil, nil, fmt.Errorf("second client: %v", err)
+	}
+	cleanup = func() {
+		for _, s := range ss {
+			s.Close()
+		}
+		cli2.Close()
+	}
+	clients := []*clientv3.Client{e.Cli, cli2}
+	for i := 0; i < n; i++ {
+		s, err := concurrency.NewSession(clients[i%2], concurrency.WithTTL(10))
+		if err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("session %d: %v", i+1, err)
+		}
+		ss = append(ss, s)
+	}
+	return ss, cleanup, nil
+}
+
 func put(e *check.Env, key, val string, opts ...clientv3.OpOption) (int64, error) {
 	r, err := e.Cli.Put(e.Ctx, e.Prefix+key, val, opts...)
 	if err != nil {
@@ -849,24 +875,11 @@ func checkSession(e *check.Env) error {
 // lease) hands it to the third. (etcd 3.4's concurrency has no TryLock.)
 func checkMutex(e *check.Env) error {
 	p := e.Prefix
-	cli2, err := check.NewClient(e.Eps)
+	ss, closeSessions, err := sessions(e, 3)
 	if err != nil {
-		return fmt.Errorf("second client: %v", err)
+		return err
 	}
-	defer cli2.Close()
-	var ss []*concurrency.Session
-	defer func() {
-		for _, s := range ss {
-			s.Close()
-		}
-	}()
-	for i, c := range []*clientv3.Client{e.Cli, cli2, e.Cli} {
-		s, err := concurrency.NewSession(c, concurrency.WithTTL(10))
-		if err != nil {
-			return fmt.Errorf("session %d: %v", i+1, err)
-		}
-		ss = append(ss, s)
-	}
+	defer closeSessions()
 	pfx := p + "lock"
 	m1, m2, m3 := concurrency.NewMutex(ss[0], pfx), concurrency.NewMutex(ss[1], pfx), concurrency.NewMutex(ss[2], pfx)
 	lctx, lcancel := context.WithTimeout(e.Ctx, 3*time.Second)
@@ -970,24 +983,11 @@ func checkMutex(e *check.Env) error {
 // value; after its Resign there is no leader.
 func checkElection(e *check.Env) error {
 	p := e.Prefix
-	cli2, err := check.NewClient(e.Eps)
+	ss, closeSessions, err := sessions(e, 3)
 	if err != nil {
-		return fmt.Errorf("second client: %v", err)
+		return err
 	}
-	defer cli2.Close()
-	var ss []*concurrency.Session
-	defer func() {
-		for _, s := range ss {
-			s.Close()
-		}
-	}()
-	for i, c := range []*clientv3.Client{e.Cli, cli2, e.Cli} {
-		s, err := concurrency.NewSession(c, concurrency.WithTTL(10))
-		if err != nil {
-			return fmt.Errorf("session %d: %v", i+1, err)
-		}
-		ss = append(ss, s)
-	}
+	defer closeSessions()
 	pfx := p + "elect"
 	e1, e2, eo := concurrency.NewElection(ss[0], pfx), concurrency.NewElection(ss[1], pfx), concurrency.NewElection(ss[2], pfx)
 	if _, err := eo.Leader(e.Ctx); err != concurrency.ErrElectionNoLeader {

@@ -219,6 +219,7 @@ async fn restart_resumes_remaining_ttl() {
     let mut node = Node::start_with(&["--experimental-lease-checkpoint-interval=1s"]);
     let mut c = node.client().await;
     let aging = c.lease_grant(10, None).await.unwrap().id();
+    let renewed = c.lease_grant(10, None).await.unwrap().id();
     let fresh = c.lease_grant(100, None).await.unwrap().id();
     c.put("aging", "v", Some(PutOptions::new().with_lease(aging)))
         .await
@@ -240,6 +241,19 @@ async fn restart_resumes_remaining_ttl() {
     // find the leader; never the full TTL again.
     assert!((1..=6).contains(&resumed.ttl()), "resumed with {}", resumed.ttl());
     assert!(exists(&mut c, "aging").await);
+
+    // Renewing a checkpointed lease clears its checkpoint through the log first: the next
+    // restart resumes the full TTL the keep-alive promised, not the stale checkpoint.
+    let stale = c.lease_time_to_live(renewed, None).await.unwrap().ttl();
+    assert!((1..=6).contains(&stale), "resumed with {stale}");
+    let (_keeper, _responses) = c.lease_keep_alive(renewed).await.unwrap();
+    assert!(c.lease_time_to_live(renewed, None).await.unwrap().ttl() >= 9);
+    node.kill9();
+    node.launch();
+    let mut c = node.client().await;
+    let after = c.lease_time_to_live(renewed, None).await.unwrap().ttl();
+    assert!((9..=11).contains(&after), "renewed lease resumed with {after}");
+
     let fresh_left = c.lease_time_to_live(fresh, None).await.unwrap().ttl();
     assert!((90..=101).contains(&fresh_left), "{fresh_left}");
     wait_gone(&mut c, "aging", Duration::from_secs(8)).await;

@@ -2,12 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{blocking, Header};
+use super::{blocking, propose, unexpected, Header};
 use crate::apply::RaftResponse;
 use crate::error::ServerError;
 use crate::mvcc::ops;
 use crate::mvcc::store::Reader;
-use crate::proto::cairnpb::{raft_request, RaftRequest};
+use crate::proto::cairnpb::raft_request;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -33,12 +33,8 @@ impl KvService {
         }
     }
 
-    async fn propose(&self, request: raft_request::Request) -> Result<RaftResponse, Status> {
-        let resp = self.proposer.propose(RaftRequest { request: Some(request) }).await?;
-        match resp {
-            RaftResponse::Rejected(e) => Err(e.into()),
-            other => Ok(other),
-        }
+    async fn propose(&self, request: raft_request::Request) -> Result<RaftResponse, ServerError> {
+        propose(&self.proposer, request).await
     }
 
     /// A read on this member's state: after the read barrier unless serializable.
@@ -59,10 +55,6 @@ impl KvService {
         .await?;
         Ok(out)
     }
-}
-
-fn unexpected(resp: RaftResponse) -> Status {
-    ServerError::Internal(format!("unexpected apply response {resp:?}")).into()
 }
 
 #[tonic::async_trait]

@@ -10,12 +10,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{blocking, Header};
+use super::{blocking, propose, unexpected, Header};
 use crate::apply::RaftResponse;
 use crate::error::ServerError;
 use crate::lease::lessor::Renewal;
 use crate::lease::{self, IdGenerator, LeaseError, LeaseId, Lessor, NO_LEASE};
-use crate::proto::cairnpb::{raft_request, RaftRequest};
+use crate::proto::cairnpb::raft_request;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
@@ -64,10 +64,7 @@ impl LeaseService {
     }
 
     async fn propose(&self, request: raft_request::Request) -> Result<RaftResponse, ServerError> {
-        match self.proposer.propose(RaftRequest { request: Some(request) }).await? {
-            RaftResponse::Rejected(e) => Err(e.into()),
-            other => Ok(other),
-        }
+        propose(&self.proposer, request).await
     }
 
     /// etcd's `LeaseRenew`: the granted TTL, or 0 for a lease that does not exist (an
@@ -121,10 +118,6 @@ impl LeaseService {
             }
         }
     }
-}
-
-fn unexpected(resp: RaftResponse) -> Status {
-    ServerError::Internal(format!("unexpected apply response {resp:?}")).into()
 }
 
 #[tonic::async_trait]

@@ -8,10 +8,12 @@ pub mod maintenance;
 pub mod unimplemented;
 pub mod watch;
 
+use crate::apply::RaftResponse;
 use crate::error::ServerError;
 use crate::mvcc::store::Revisions;
+use crate::proto::cairnpb::{raft_request, RaftRequest};
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::raft::typ;
+use crate::raft::{typ, Proposer};
 use crate::storage::Engine;
 
 /// Fills response headers as etcd's `header.fill` does: cluster and member ids, the raft
@@ -67,4 +69,18 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ServerError::Internal(format!("read task failed: {e}")))?
+}
+
+/// Proposes one request and waits for it to apply; a deterministic refusal in apply becomes
+/// the client's error.
+pub async fn propose(proposer: &Proposer, request: raft_request::Request) -> Result<RaftResponse, ServerError> {
+    match proposer.propose(RaftRequest { request: Some(request) }).await? {
+        RaftResponse::Rejected(e) => Err(e.into()),
+        other => Ok(other),
+    }
+}
+
+/// An apply answer of another kind than the request's: a bug, reported as Internal.
+pub fn unexpected(resp: RaftResponse) -> tonic::Status {
+    ServerError::Internal(format!("unexpected apply response {resp:?}")).into()
 }

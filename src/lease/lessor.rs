@@ -272,14 +272,6 @@ impl Lessor {
         all.into_iter().map(|(_, id)| id).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().leases.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     // ---- the expiry loop ----
 
     pub fn next_deadline(&self) -> Option<Instant> {

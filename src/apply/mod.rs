@@ -3,13 +3,13 @@
 
 use crate::lease::{self, LeaseError, LeaseId, NO_LEASE};
 use crate::mvcc::compaction;
-use crate::mvcc::ops::{self, LeaseLookup};
+use crate::mvcc::ops::{self, header, LeaseLookup};
 use crate::mvcc::store::{KvRead, KvWrite, WriteTxn};
 use crate::mvcc::{Event, KeyRange, KvError};
 use crate::proto::cairnpb::{raft_request, Lease, RaftRequest};
 use crate::proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
+    LeaseRevokeResponse, PutResponse, TxnResponse,
 };
 use crate::storage::{self, Engine, WriteBatch};
 
@@ -73,13 +73,6 @@ impl Applied {
             lease_changes: Vec::new(),
         }
     }
-}
-
-fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    })
 }
 
 /// Splits a failure into a refusal (answered to the client) or a storage fault (fatal).

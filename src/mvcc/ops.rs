@@ -17,7 +17,8 @@ pub trait LeaseLookup {
     fn lease_exists(&self, id: i64) -> Result<bool, KvError>;
 }
 
-fn header(revision: Revision) -> Option<ResponseHeader> {
+/// A response header carrying only the revision; the API layer fills in the rest.
+pub(crate) fn header(revision: Revision) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
         ..Default::default()

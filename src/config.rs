@@ -75,7 +75,7 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot.
     #[arg(long = "snapshot-count", env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
-    /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
+    /// Accepted for etcd compatibility; no space quota is enforced yet (the value is ignored).
     #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
     /// Maximum client request size in bytes the server will accept.
@@ -88,6 +88,13 @@ pub struct Flags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Maximum concurrent streams that each client can open at a time.
+    #[arg(
+        long = "max-concurrent-streams",
+        env = "ETCD_MAX_CONCURRENT_STREAMS",
+        default_value_t = u32::MAX
+    )]
+    pub max_concurrent_streams: u32,
     /// Interpret 'auto-compaction-retention' one of: periodic|revision.
     #[arg(
         long = "auto-compaction-mode",
@@ -269,9 +276,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
-    pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
     pub log_level: LogLevel,
     pub log_to_stdout: bool,
     pub peer_auto_tls: bool,
@@ -472,9 +480,9 @@ impl Config {
             heartbeat_interval: Duration::from_millis(f.heartbeat_interval),
             election_timeout: Duration::from_millis(f.election_timeout),
             snapshot_count: f.snapshot_count.max(1),
-            quota_backend_bytes: f.quota_backend_bytes,
             max_request_bytes: f.max_request_bytes as usize,
             max_txn_ops: f.max_txn_ops as usize,
+            max_concurrent_streams: f.max_concurrent_streams,
             log_level,
             log_to_stdout,
             peer_auto_tls: f.peer_auto_tls,
@@ -506,6 +514,11 @@ mod tests {
         );
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.max_concurrent_streams, u32::MAX);
+        assert_eq!(
+            parse(&["--max-concurrent-streams=100"]).unwrap().max_concurrent_streams,
+            100
+        );
         assert_eq!(c.election_timeout, Duration::from_millis(1000));
     }
 

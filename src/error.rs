@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use crate::apply::Rejection;
 use crate::lease::LeaseError;
 use crate::mvcc::KvError;
+use crate::raft::ProposeError;
 
 /// Failures between the API and the applied state: consensus and limits.
 #[derive(Debug, thiserror::Error)]
@@ -14,16 +15,15 @@ pub enum ServerError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    #[error("request is too large")]
-    RequestTooLarge,
-    #[error("no leader")]
-    NoLeader,
-    #[error("request timed out")]
-    Timeout,
-    #[error("server stopped")]
-    Stopped,
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl ServerError {
+    /// The member is stopping or stopped (fail-stop included).
+    pub const STOPPED: ServerError = ServerError::Raft(ProposeError::Stopped);
 }
 
 impl From<crate::storage::Error> for ServerError {
@@ -75,6 +75,22 @@ impl From<Rejection> for ServerError {
     }
 }
 
+impl From<ProposeError> for Status {
+    fn from(e: ProposeError) -> Status {
+        ServerError::Raft(e).into()
+    }
+}
+
+/// A rejection as apply answered it (its wire form).
+impl From<crate::proto::cairnpb::Rejection> for ServerError {
+    fn from(pb: crate::proto::cairnpb::Rejection) -> Self {
+        match Rejection::from_pb(&pb) {
+            Some(r) => r.into(),
+            None => ServerError::Internal(format!("apply refused for an unknown reason {}", pb.reason)),
+        }
+    }
+}
+
 impl From<Rejection> for Status {
     fn from(e: Rejection) -> Status {
         ServerError::from(e).into()
@@ -86,10 +102,15 @@ impl From<ServerError> for Status {
         match e {
             ServerError::Kv(e) => e.into(),
             ServerError::Lease(e) => e.into(),
-            ServerError::RequestTooLarge => status(Code::InvalidArgument, "request is too large"),
-            ServerError::NoLeader => status(Code::Unavailable, "no leader"),
-            ServerError::Timeout => status(Code::Unavailable, "request timed out"),
-            ServerError::Stopped => status(Code::Unavailable, "server stopped"),
+            ServerError::Raft(e) => {
+                let code = match &e {
+                    ProposeError::RequestTooLarge => Code::InvalidArgument,
+                    ProposeError::NoLeader | ProposeError::Timeout | ProposeError::Stopped => Code::Unavailable,
+                    ProposeError::TooManyRequests => Code::ResourceExhausted,
+                    ProposeError::Internal(_) => Code::Internal,
+                };
+                status(code, &e.to_string())
+            }
             ServerError::Internal(msg) => status(Code::Internal, &msg),
         }
     }
@@ -159,11 +180,15 @@ mod tests {
                 "etcdserver: invalid sort option",
             ),
             (
-                ServerError::RequestTooLarge.into(),
+                ServerError::Raft(ProposeError::RequestTooLarge).into(),
                 Code::InvalidArgument,
                 "etcdserver: request is too large",
             ),
-            (ServerError::NoLeader.into(), Code::Unavailable, "etcdserver: no leader"),
+            (
+                ServerError::Raft(ProposeError::NoLeader).into(),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
             (
                 LeaseError::NotFound.into(),
                 Code::NotFound,
@@ -180,14 +205,19 @@ mod tests {
                 "etcdserver: too large lease TTL",
             ),
             (
-                ServerError::Timeout.into(),
+                ServerError::Raft(ProposeError::Timeout).into(),
                 Code::Unavailable,
                 "etcdserver: request timed out",
             ),
             (
-                ServerError::Stopped.into(),
+                ServerError::Raft(ProposeError::Stopped).into(),
                 Code::Unavailable,
                 "etcdserver: server stopped",
+            ),
+            (
+                ServerError::Raft(ProposeError::TooManyRequests).into(),
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
             ),
         ];
         for (status, code, msg) in cases {

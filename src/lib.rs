@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod failstop;
 pub mod lease;
 pub mod logging;
 pub mod mvcc;

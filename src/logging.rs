@@ -14,6 +14,10 @@ use crate::config::LogLevel;
 
 struct EtcdJson;
 
+/// Events logged with this target are written at etcd's `fatal` level (tracing has none):
+/// the member stops right after (see `failstop`).
+pub const FATAL_TARGET: &str = "cairn::fatal";
+
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -81,6 +85,7 @@ where
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let meta = event.metadata();
         let level = match *meta.level() {
+            Level::ERROR if meta.target() == FATAL_TARGET => "fatal",
             Level::ERROR => "error",
             Level::WARN => "warn",
             Level::INFO => "info",

@@ -7,6 +7,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cairn::config::{normalize_args, Config, Flags, CLUSTER_VERSION, ETCD_VERSION};
+use cairn::failstop::FailStop;
 
 fn print_version() {
     println!("cairn Version: {}", env!("CARGO_PKG_VERSION"));
@@ -39,6 +40,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     cairn::logging::init(config.log_level, config.log_to_stdout);
+    // Failpoints named in $FAILPOINTS (fault-injection builds only; see `failstop`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    let failstop = FailStop::new();
+    install_panic_hook(failstop.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -46,9 +52,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(cairn::server::run(config, async {
-        shutdown_signal().await;
-    }));
+    let result = runtime.block_on(cairn::server::run(
+        config,
+        async {
+            shutdown_signal().await;
+        },
+        failstop,
+    ));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -57,6 +67,16 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere is fatal, as in etcd (Go's unrecovered panic ends the process): tokio
+/// would otherwise catch it inside one task and leave a member serving without it.
+fn install_panic_hook(failstop: FailStop) {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        failstop.trip(format!("panic: {info}"));
+    }));
 }
 
 /// SIGINT or SIGTERM, as etcd stops on either.

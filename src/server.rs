@@ -21,8 +21,10 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::unimplemented::{AuthUnimplemented, ElectionUnimplemented, LockUnimplemented};
 use crate::api::watch::WatchService;
 use crate::api::Header;
+use crate::apply::Applier;
 use crate::cluster::{cluster_id, member_id, MemberNode};
 use crate::config::{ClusterState, Config, CLUSTER_VERSION, ETCD_VERSION};
+use crate::failstop::FailStop;
 use crate::lease::expiry::{self, ExpiryConfig};
 use crate::lease::{self, Lessor};
 use crate::mvcc::store::Revisions;
@@ -124,8 +126,37 @@ fn accept_clients(
     })
 }
 
-/// Runs one member until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+/// Trips `failstop` when raft's core stops on its own: a fatal storage error or a panic
+/// inside openraft (its metrics carry the error, or end with the core's task). A stop that
+/// `stopping` announced first is the orderly shutdown, not a fault.
+fn watch_raft(raft: &typ::Raft, failstop: FailStop, stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let fatal = metrics.borrow_and_update().running_state.clone().err();
+            if let Some(fatal) = fatal {
+                if !*stopping.borrow() {
+                    failstop.trip(format!("raft stopped: {fatal}"));
+                }
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                if !*stopping.borrow() {
+                    failstop.trip("raft core task ended");
+                }
+                return;
+            }
+        }
+    });
+}
+
+/// Runs one member until `shutdown` resolves, or until `failstop` trips: then it reports
+/// NOT_SERVING and refuses requests until `failstop` ends the process.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    failstop: FailStop,
+) -> Result<(), StartError> {
     info!(
         "etcd-version" = ETCD_VERSION,
         "cairn-version" = env!("CARGO_PKG_VERSION"),
@@ -145,6 +176,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         })?;
     }
     let engine = Engine::open(&db_dir, config.wal_dir.as_deref())?;
+    failstop.on_exit({
+        let engine = engine.clone();
+        move || {
+            if let Err(e) = engine.sync_wal() {
+                tracing::error!(error = %e, "cannot sync the write-ahead log before exiting");
+            }
+        }
+    });
     let ident = identity(&engine, &config)?;
     let hub = Hub::new(Revisions::read(&engine)?.current);
     // Before raft starts: entries it re-applies at start-up update the lessor from here.
@@ -168,10 +207,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Arc::new(raft_config),
         PeerNetwork,
         LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?,
-        StateMachine::new(engine.clone(), hub.clone(), lessor.clone()),
+        StateMachine::new(engine.clone(), Arc::new(Applier::new(hub.clone(), lessor.clone())))
+            .map_err(|e| StartError::Raft(format!("state machine: {e}")))?,
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    watch_raft(&raft, failstop.clone(), stop_rx.clone());
 
     let this_member = MemberNode {
         name: config.name.clone(),
@@ -285,7 +327,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         client_listeners.push((addr, listener));
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lease_expiry = tokio::spawn(expiry::run(
         lessor.clone(),
         proposer.clone(),
@@ -295,6 +336,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut servers = tokio::task::JoinSet::new();
     for (addr, listener) in client_listeners {
         let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .layer(failstop.gate())
             .add_service(kv.clone())
             .add_service(maintenance.clone())
             .add_service(cluster.clone())
@@ -318,6 +361,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     tokio::select! {
         () = shutdown => info!("received shutdown signal, stopping"),
+        _cause = failstop.tripped() => {
+            // The gate already refuses every other RPC; `failstop` exits the process.
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            std::future::pending::<()>().await;
+        }
         Some(result) = servers.join_next() => {
             if let Ok(Err(e)) = result {
                 let _ = stop_tx.send(true);

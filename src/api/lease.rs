@@ -22,7 +22,7 @@ use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use crate::raft::Proposer;
+use crate::raft::{ProposeError, Proposer};
 use crate::storage::Engine;
 
 /// Keep-alive answers buffered towards one client before the stream stops reading requests.
@@ -72,10 +72,10 @@ impl LeaseService {
     async fn renew(&self, id: LeaseId) -> Result<i64, ServerError> {
         for _ in 0..MAX_CLEAR_ROUNDS {
             match self.lessor.renew_when_settled(id, self.request_timeout).await {
-                None => return Err(ServerError::Timeout),
+                None => return Err(ServerError::Raft(ProposeError::Timeout)),
                 Some(Renewal::Renewed(ttl)) => return Ok(ttl),
                 Some(Renewal::NotFound) => return Ok(0),
-                Some(Renewal::NotPrimary) => return Err(ServerError::NoLeader),
+                Some(Renewal::NotPrimary) => return Err(ServerError::Raft(ProposeError::NoLeader)),
                 Some(Renewal::NeedsClear) => {
                     let clear = LeaseCheckpointRequest {
                         checkpoints: vec![LeaseCheckpoint { id, remaining_ttl: 0 }],
@@ -85,7 +85,7 @@ impl LeaseService {
                 Some(Renewal::Wait) => {}
             }
         }
-        Err(ServerError::Timeout)
+        Err(ServerError::Raft(ProposeError::Timeout))
     }
 
     async fn keep_alive_stream(

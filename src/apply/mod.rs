@@ -1,32 +1,24 @@
 //! The one apply entry: a committed `RaftRequest` becomes a write batch and a response.
-//! Deterministic: no clock, no randomness, nothing but the request and the stored state.
+//! Deterministic: no clock, no randomness, nothing but the request and the stored state;
+//! a storage error is returned (fatal to the member), never turned into a decision.
 
-use crate::lease::{self, LeaseError, LeaseId, NO_LEASE};
+use std::sync::Arc;
+
+use crate::lease::{self, LeaseError, LeaseId, Lessor, NO_LEASE};
 use crate::mvcc::compaction;
 use crate::mvcc::ops::{self, header, LeaseLookup};
 use crate::mvcc::store::{KvRead, KvWrite, WriteTxn};
 use crate::mvcc::{Event, KeyRange, KvError};
-use crate::proto::cairnpb::{raft_request, Lease, RaftRequest};
+use crate::proto::cairnpb::{self as pb, raft_request, Lease, RaftRequest};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeResponse, PutResponse, TxnResponse,
+    CompactionResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse,
 };
 use crate::storage::{self, Engine, WriteBatch};
+use crate::watch::Hub;
 
-/// What applying one log entry answers to the proposer.
-#[derive(Debug)]
-pub enum RaftResponse {
-    /// Blank, membership and checkpoint entries answer nothing.
-    Empty,
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compaction(CompactionResponse),
-    LeaseGrant(LeaseGrantResponse),
-    LeaseRevoke(LeaseRevokeResponse),
-    /// The request was refused deterministically and changed nothing.
-    Rejected(Rejection),
-}
+/// What applying one log entry answers to the proposer (a protobuf oneof, so an answer can
+/// be forwarded between members).
+pub use crate::proto::cairnpb::raft_response::Response as RaftResponse;
 
 /// Why a request was refused, by the layer that refused it.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +27,50 @@ pub enum Rejection {
     Kv(#[from] KvError),
     #[error(transparent)]
     Lease(#[from] LeaseError),
+}
+
+impl Rejection {
+    /// The wire form. Storage faults are never rejections (`refusal` keeps them out).
+    pub fn to_pb(&self) -> pb::Rejection {
+        use pb::rejection::Reason;
+        let reason = match self {
+            Rejection::Kv(KvError::Compacted) => Reason::Compacted,
+            Rejection::Kv(KvError::FutureRev) => Reason::FutureRev,
+            Rejection::Kv(KvError::KeyNotFound) => Reason::KeyNotFound,
+            Rejection::Kv(KvError::LeaseNotFound) | Rejection::Lease(LeaseError::NotFound) => Reason::LeaseNotFound,
+            Rejection::Kv(KvError::EmptyKey) => Reason::EmptyKey,
+            Rejection::Kv(KvError::ValueProvided) => Reason::ValueProvided,
+            Rejection::Kv(KvError::LeaseProvided) => Reason::LeaseProvided,
+            Rejection::Kv(KvError::TooManyOps) => Reason::TooManyOps,
+            Rejection::Kv(KvError::DuplicateKey) => Reason::DuplicateKey,
+            Rejection::Kv(KvError::InvalidSortOption) => Reason::InvalidSortOption,
+            Rejection::Lease(LeaseError::Exists) => Reason::LeaseExists,
+            Rejection::Lease(LeaseError::TtlTooLarge) => Reason::LeaseTtlTooLarge,
+            Rejection::Kv(KvError::Storage(_)) | Rejection::Lease(LeaseError::Storage(_)) => Reason::Unknown,
+        };
+        pb::Rejection { reason: reason as i32 }
+    }
+
+    /// Back from the wire form; `None` for a reason this build does not know.
+    pub fn from_pb(pb: &pb::Rejection) -> Option<Rejection> {
+        use pb::rejection::Reason;
+        Some(match Reason::try_from(pb.reason).ok()? {
+            Reason::Unknown => return None,
+            Reason::Compacted => KvError::Compacted.into(),
+            Reason::FutureRev => KvError::FutureRev.into(),
+            Reason::KeyNotFound => KvError::KeyNotFound.into(),
+            // etcd answers both layers' "lease not found" with the same status.
+            Reason::LeaseNotFound => LeaseError::NotFound.into(),
+            Reason::EmptyKey => KvError::EmptyKey.into(),
+            Reason::ValueProvided => KvError::ValueProvided.into(),
+            Reason::LeaseProvided => KvError::LeaseProvided.into(),
+            Reason::TooManyOps => KvError::TooManyOps.into(),
+            Reason::DuplicateKey => KvError::DuplicateKey.into(),
+            Reason::InvalidSortOption => KvError::InvalidSortOption.into(),
+            Reason::LeaseExists => LeaseError::Exists.into(),
+            Reason::LeaseTtlTooLarge => LeaseError::TtlTooLarge.into(),
+        })
+    }
 }
 
 /// A change to the lease set, for the lessor once the batch is written.
@@ -54,25 +90,19 @@ impl LeaseLookup for StoredLeases<'_> {
     }
 }
 
-/// What applying one request produced: the batch to write (empty if refused), the answer,
-/// the watch events to publish and the lease changes to report once the batch is written.
-pub struct Applied {
-    pub batch: WriteBatch,
-    pub response: RaftResponse,
+/// What observers learn from one applied request once its batch is written: the watch
+/// events to publish and the lease changes for the lessor.
+#[derive(Debug, Default)]
+pub struct Effects {
     pub events: Vec<Event>,
     pub lease_changes: Vec<LeaseChange>,
 }
 
-impl Applied {
-    /// An entry that changes no key (blank and membership entries).
-    pub fn nothing(engine: &Engine) -> Self {
-        Applied {
-            batch: WriteBatch::new(engine),
-            response: RaftResponse::Empty,
-            events: Vec::new(),
-            lease_changes: Vec::new(),
-        }
-    }
+/// One applied request: its batch (empty if refused), its answer and its effects.
+pub type Applied = crate::raft::state_machine::Applied<Effects>;
+
+fn empty() -> RaftResponse {
+    RaftResponse::Empty(pb::Blank {})
 }
 
 /// Splits a failure into a refusal (answered to the client) or a storage fault (fatal).
@@ -142,7 +172,7 @@ fn expire(
         }
         txn.next_revision();
     }
-    Ok(RaftResponse::Empty)
+    Ok(empty())
 }
 
 /// Records remaining TTLs of the leases that still exist.
@@ -163,7 +193,7 @@ fn checkpoint(
             remaining_ttl: cp.remaining_ttl,
         });
     }
-    Ok(RaftResponse::Empty)
+    Ok(empty())
 }
 
 /// Applies one request. The caller adds the log id to the batch and writes it.
@@ -201,7 +231,7 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
         }),
         Some(Request::LeaseCheckpoint(c)) => checkpoint(&mut txn, engine, c, &mut lease_changes),
         Some(Request::LeaseExpiry(e)) => expire(&mut txn, engine, &e.ids, &mut lease_changes),
-        None => Ok(RaftResponse::Empty),
+        None => Ok(empty()),
     };
     match result {
         Ok(response) => {
@@ -209,15 +239,347 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
             Ok(Applied {
                 batch,
                 response,
-                events,
-                lease_changes,
+                effects: Effects { events, lease_changes },
             })
         }
         Err(e) => Ok(Applied {
             batch: WriteBatch::new(engine),
-            response: RaftResponse::Rejected(refusal(e)?),
-            events: Vec::new(),
-            lease_changes: Vec::new(),
+            response: RaftResponse::Rejected(refusal(e)?.to_pb()),
+            effects: Effects::default(),
         }),
+    }
+}
+
+/// etcd's semantics for the raft state machine: applies requests with [`apply`], then tells
+/// the observers (the watch hub, the lessor) what each written batch changed.
+pub struct Applier {
+    hub: Hub,
+    lessor: Arc<Lessor>,
+}
+
+impl Applier {
+    pub fn new(hub: Hub, lessor: Arc<Lessor>) -> Self {
+        Applier { hub, lessor }
+    }
+}
+
+impl crate::raft::state_machine::Application for Applier {
+    type Effects = Effects;
+
+    fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied> {
+        apply(engine, req)
+    }
+
+    fn applied(&self, effects: Effects) {
+        // The batch is written: a watcher reading history finds these changes.
+        publish_by_revision(&self.hub, effects.events);
+        for change in effects.lease_changes {
+            match change {
+                LeaseChange::Granted { id, ttl } => self.lessor.granted(id, ttl),
+                LeaseChange::Revoked(id) => self.lessor.revoked(id),
+                LeaseChange::Checkpointed { id, remaining_ttl } => self.lessor.checkpointed(id, remaining_ttl),
+            }
+        }
+    }
+
+    fn reload(&self, engine: &Engine) -> storage::Result<()> {
+        self.lessor.recover(lease::store::all(engine)?);
+        Ok(())
+    }
+}
+
+fn revision_of(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+/// Hands the hub one revision at a time: an entry usually writes one, an expiry entry many.
+fn publish_by_revision(hub: &Hub, mut events: Vec<Event>) {
+    while let Some(first) = events.first() {
+        let rev = revision_of(first);
+        let split = events
+            .iter()
+            .position(|e| revision_of(e) != rev)
+            .unwrap_or(events.len());
+        let rest = events.split_off(split);
+        hub.publish(rev, events);
+        events = rest;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::key::kv_key;
+    use crate::mvcc::store::Reader;
+    use crate::mvcc::{EventType, KeyValue};
+    use crate::proto::cairnpb::LeaseExpiry;
+    use crate::proto::etcdserverpb::{
+        compare, CompactionRequest, Compare, LeaseCheckpoint, LeaseRevokeRequest, RangeRequest, RequestOp,
+    };
+    use crate::storage::{Cf, ReadView};
+    use raft_request::Request;
+
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::open(dir.path(), None).expect("open engine");
+        (dir, engine)
+    }
+
+    /// Applies one request and writes its batch, as the state machine does.
+    fn run(engine: &Engine, request: Request) -> (RaftResponse, Vec<Event>, Vec<LeaseChange>) {
+        let applied = apply(engine, &RaftRequest { request: Some(request) }).expect("apply");
+        engine.write(applied.batch, false).expect("write");
+        (applied.response, applied.effects.events, applied.effects.lease_changes)
+    }
+
+    fn put(key: &str, lease: LeaseId) -> Request {
+        Request::Put(crate::proto::etcdserverpb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+    }
+
+    fn grant(id: LeaseId, ttl: i64) -> Request {
+        Request::LeaseGrant(LeaseGrantRequest { id, ttl })
+    }
+
+    fn current_rev(engine: &Engine) -> i64 {
+        Reader::new(engine).expect("reader").revisions().current
+    }
+
+    fn get(engine: &Engine, key: &str, revision: i64) -> Result<Vec<KeyValue>, KvError> {
+        let reader = Reader::new(engine)?;
+        let req = RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        };
+        Ok(ops::range(&reader, &req)?.kvs)
+    }
+
+    fn rejection(resp: RaftResponse) -> Rejection {
+        match resp {
+            RaftResponse::Rejected(r) => Rejection::from_pb(&r).expect("a known reason"),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn grant_records_the_lease_and_refuses_duplicates() {
+        let (_dir, engine) = engine();
+        let (resp, events, changes) = run(&engine, grant(7, 10));
+        assert!(matches!(resp, RaftResponse::LeaseGrant(ref g) if g.id == 7 && g.ttl == 10));
+        assert!(events.is_empty());
+        assert_eq!(changes, vec![LeaseChange::Granted { id: 7, ttl: 10 }]);
+        assert_eq!(lease::store::get(&engine, 7).expect("get").map(|l| l.ttl), Some(10));
+        // A grant writes no revision.
+        assert_eq!(current_rev(&engine), 1);
+
+        let (resp, _, changes) = run(&engine, grant(7, 20));
+        assert!(matches!(rejection(resp), Rejection::Lease(LeaseError::Exists)));
+        assert!(changes.is_empty());
+        assert_eq!(lease::store::get(&engine, 7).expect("get").map(|l| l.ttl), Some(10));
+        let (resp, _, _) = run(&engine, grant(8, lease::MAX_LEASE_TTL + 1));
+        assert!(matches!(rejection(resp), Rejection::Lease(LeaseError::TtlTooLarge)));
+        assert!(!lease::store::exists(&engine, 8).expect("exists"));
+    }
+
+    #[test]
+    fn revoke_deletes_attached_keys_in_one_revision() {
+        let (_dir, engine) = engine();
+        run(&engine, grant(7, 10));
+        run(&engine, put("b", 7));
+        run(&engine, put("a", 7));
+        run(&engine, put("c", NO_LEASE));
+        let before = current_rev(&engine);
+        let (resp, events, changes) = run(&engine, Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }));
+        assert!(
+            matches!(resp, RaftResponse::LeaseRevoke(ref r) if r.header.as_ref().map(|h| h.revision) == Some(before + 1))
+        );
+        let deleted: Vec<(Vec<u8>, i64)> = events
+            .iter()
+            .filter(|e| e.r#type == EventType::Delete as i32)
+            .filter_map(|e| e.kv.as_ref().map(|kv| (kv.key.clone(), kv.mod_revision)))
+            .collect();
+        assert_eq!(deleted, vec![(b"a".to_vec(), before + 1), (b"b".to_vec(), before + 1)]);
+        assert_eq!(changes, vec![LeaseChange::Revoked(7)]);
+        assert!(get(&engine, "a", 0).expect("range").is_empty());
+        assert_eq!(get(&engine, "c", 0).expect("range").len(), 1);
+        assert!(!lease::store::exists(&engine, 7).expect("exists"));
+
+        let (resp, _, changes) = run(&engine, Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }));
+        assert!(matches!(rejection(resp), Rejection::Lease(LeaseError::NotFound)));
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn every_rejection_survives_the_wire_form() {
+        let all: Vec<Rejection> = vec![
+            KvError::Compacted.into(),
+            KvError::FutureRev.into(),
+            KvError::KeyNotFound.into(),
+            KvError::EmptyKey.into(),
+            KvError::ValueProvided.into(),
+            KvError::LeaseProvided.into(),
+            KvError::TooManyOps.into(),
+            KvError::DuplicateKey.into(),
+            KvError::InvalidSortOption.into(),
+            LeaseError::NotFound.into(),
+            LeaseError::Exists.into(),
+            LeaseError::TtlTooLarge.into(),
+        ];
+        for r in all {
+            let back = Rejection::from_pb(&r.to_pb()).expect("known reason");
+            assert_eq!(back.to_string(), r.to_string());
+        }
+        // A lease missing at the KV layer reads back as the lease layer's: the same status.
+        let kv = Rejection::from_pb(&Rejection::from(KvError::LeaseNotFound).to_pb()).expect("known");
+        assert_eq!(kv.to_string(), LeaseError::NotFound.to_string());
+        assert!(Rejection::from_pb(&pb::Rejection { reason: 999 }).is_none());
+    }
+
+    #[test]
+    fn expiry_revokes_each_lease_in_its_own_revision() {
+        let (_dir, engine) = engine();
+        for id in 1..=3 {
+            run(&engine, grant(id, 10));
+            run(&engine, put(&format!("k{id}"), id));
+        }
+        let before = current_rev(&engine);
+        // An unknown lease (revoked by a client meanwhile) and a repeated one are skipped.
+        let ids = vec![1, 2, 2, 99, 3];
+        let (resp, events, changes) = run(&engine, Request::LeaseExpiry(LeaseExpiry { ids }));
+        assert!(matches!(resp, RaftResponse::Empty(_)));
+        let revs: Vec<i64> = events
+            .iter()
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision))
+            .collect();
+        assert_eq!(revs, vec![before + 1, before + 2, before + 3]);
+        assert_eq!(
+            changes,
+            vec![
+                LeaseChange::Revoked(1),
+                LeaseChange::Revoked(2),
+                LeaseChange::Revoked(3)
+            ]
+        );
+        assert_eq!(current_rev(&engine), before + 3);
+    }
+
+    #[test]
+    fn checkpoint_records_remaining_ttl_of_existing_leases_only() {
+        let (_dir, engine) = engine();
+        run(&engine, grant(7, 10));
+        let checkpoints = vec![
+            LeaseCheckpoint {
+                id: 7,
+                remaining_ttl: 4,
+            },
+            LeaseCheckpoint {
+                id: 99,
+                remaining_ttl: 3,
+            },
+        ];
+        let (resp, _, changes) = run(
+            &engine,
+            Request::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints }),
+        );
+        assert!(matches!(resp, RaftResponse::Empty(_)));
+        assert_eq!(
+            changes,
+            vec![LeaseChange::Checkpointed {
+                id: 7,
+                remaining_ttl: 4
+            }]
+        );
+        assert_eq!(
+            lease::store::get(&engine, 7).expect("get").map(|l| l.remaining_ttl),
+            Some(4)
+        );
+        assert!(!lease::store::exists(&engine, 99).expect("exists"));
+    }
+
+    #[test]
+    fn a_rejected_request_writes_nothing() {
+        let (_dir, engine) = engine();
+        run(&engine, put("k", NO_LEASE));
+        let before = current_rev(&engine);
+        let applied = apply(
+            &engine,
+            &RaftRequest {
+                request: Some(put("k", 42)),
+            },
+        )
+        .expect("apply");
+        assert!(applied.batch.is_empty());
+        assert!(applied.effects.events.is_empty());
+        // The wire form folds KV's "lease not found" into the lease layer's: one status.
+        assert!(matches!(
+            rejection(applied.response),
+            Rejection::Lease(LeaseError::NotFound)
+        ));
+        assert_eq!(current_rev(&engine), before);
+    }
+
+    #[test]
+    fn compaction_drops_old_revisions_and_checks_bounds() {
+        let (_dir, engine) = engine();
+        for _ in 0..3 {
+            run(&engine, put("k", NO_LEASE));
+        }
+        // Revisions 2, 3, 4.
+        let compact = |revision| {
+            Request::Compaction(CompactionRequest {
+                revision,
+                physical: true,
+            })
+        };
+        let (resp, _, _) = run(&engine, compact(3));
+        assert!(matches!(resp, RaftResponse::Compaction(_)));
+        assert!(matches!(get(&engine, "k", 2), Err(KvError::Compacted)));
+        assert_eq!(get(&engine, "k", 3).expect("range")[0].mod_revision, 3);
+        // The superseded version is gone from storage, not just hidden.
+        assert_eq!(engine.get(Cf::Kv, &kv_key(b"k", 2)).expect("get"), None);
+        let (resp, _, _) = run(&engine, compact(3));
+        assert!(matches!(rejection(resp), Rejection::Kv(KvError::Compacted)));
+        let (resp, _, _) = run(&engine, compact(100));
+        assert!(matches!(rejection(resp), Rejection::Kv(KvError::FutureRev)));
+    }
+
+    /// A storage fault while evaluating a compare is an error from apply (fatal to the
+    /// member), never a compare that failed and a txn that took its other branch.
+    #[test]
+    fn storage_fault_in_a_compare_is_an_error_not_a_branch() {
+        let (_dir, engine) = engine();
+        let mut batch = WriteBatch::new(&engine);
+        batch.put(Cf::Kv, &kv_key(b"bad", 1), &[0x7f]);
+        engine.write(batch, false).expect("write");
+        let txn = crate::proto::etcdserverpb::TxnRequest {
+            compare: vec![Compare {
+                key: b"bad".to_vec(),
+                target: compare::CompareTarget::Version as i32,
+                result: compare::CompareResult::Equal as i32,
+                ..Default::default()
+            }],
+            failure: vec![RequestOp {
+                request: Some(crate::proto::etcdserverpb::request_op::Request::RequestPut(
+                    crate::proto::etcdserverpb::PutRequest {
+                        key: b"other".to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            ..Default::default()
+        };
+        let result = apply(
+            &engine,
+            &RaftRequest {
+                request: Some(Request::Txn(txn)),
+            },
+        );
+        assert!(result.is_err(), "a corrupt record must fail apply");
+        assert_eq!(current_rev(&engine), 1);
     }
 }

@@ -12,11 +12,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{LeaseId, Lessor};
-use crate::apply::RaftResponse;
-use crate::error::ServerError;
 use crate::proto::cairnpb::{raft_request, LeaseExpiry, RaftRequest};
 use crate::proto::etcdserverpb::LeaseCheckpointRequest;
-use crate::raft::Proposer;
+use crate::raft::{ProposeError, Proposer, RaftResponse};
 
 /// Expired leases revoked by one log entry, at most (each still gets its own revision).
 const EXPIRY_BATCH: usize = 1000;
@@ -59,13 +57,13 @@ pub fn follow_leadership(lessor: &Lessor, proposer: &Proposer, config: &ExpiryCo
     leader
 }
 
-async fn expire(proposer: Proposer, ids: Vec<LeaseId>) -> (Vec<LeaseId>, Result<(), ServerError>) {
+async fn expire(proposer: Proposer, ids: Vec<LeaseId>) -> (Vec<LeaseId>, Result<(), ProposeError>) {
     let req = RaftRequest {
         request: Some(raft_request::Request::LeaseExpiry(LeaseExpiry { ids: ids.clone() })),
     };
     let outcome = match proposer.propose(req).await {
-        Ok(RaftResponse::Empty) => Ok(()),
-        Ok(other) => Err(ServerError::Internal(format!("unexpected expiry answer {other:?}"))),
+        Ok(RaftResponse::Empty(_)) => Ok(()),
+        Ok(other) => Err(ProposeError::Internal(format!("unexpected expiry answer {other:?}"))),
         Err(e) => Err(e),
     };
     (ids, outcome)
@@ -100,7 +98,7 @@ pub async fn run(
     config: ExpiryConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut expiries: JoinSet<(Vec<LeaseId>, Result<(), ServerError>)> = JoinSet::new();
+    let mut expiries: JoinSet<(Vec<LeaseId>, Result<(), ProposeError>)> = JoinSet::new();
     let mut checkpoints: JoinSet<()> = JoinSet::new();
     let mut next_checkpoint = config.checkpoint_interval.map(|every| Instant::now() + every);
     loop {

@@ -323,27 +323,34 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-fn apply_compare(t: &impl KvRead, c: &Compare) -> bool {
-    let Ok(rr) = t.range(&KeyRange::from_request(&c.key, &c.range_end), &RangeOptions::default()) else {
-        return false;
-    };
+/// Whether a compare holds. A read error is an error, never "false": taking the other
+/// branch on a storage fault would let replicas diverge.
+fn apply_compare(t: &impl KvRead, c: &Compare) -> Result<bool, KvError> {
+    let rr = t.range(&KeyRange::from_request(&c.key, &c.range_end), &RangeOptions::default())?;
     if rr.kvs.is_empty() {
         // A missing key has no value to compare; every other target compares against zero.
-        return c.target != compare::CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default());
+        return Ok(c.target != compare::CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default()));
     }
-    rr.kvs.iter().all(|kv| compare_kv(c, kv))
+    Ok(rr.kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 /// Every compare of the txn and of the nested txns on the taken branches, evaluated before
 /// anything is written, in pre-order.
-fn compare_to_path(t: &impl KvRead, r: &TxnRequest, path: &mut Vec<bool>) {
-    let ok = r.compare.iter().all(|c| apply_compare(t, c));
+fn compare_to_path(t: &impl KvRead, r: &TxnRequest, path: &mut Vec<bool>) -> Result<(), KvError> {
+    let mut ok = true;
+    for c in &r.compare {
+        if !apply_compare(t, c)? {
+            ok = false;
+            break;
+        }
+    }
     path.push(ok);
     for op in if ok { &r.success } else { &r.failure } {
         if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
-            compare_to_path(t, inner, path);
+            compare_to_path(t, inner, path)?;
         }
     }
+    Ok(())
 }
 
 /// Visits every non-txn op on the taken path, in order.
@@ -397,7 +404,7 @@ fn check_taken_range(t: &impl KvRead, op: &RequestOp) -> Result<(), KvError> {
 /// taken branches in order, each op seeing the earlier ones' writes.
 pub fn txn<T: KvWrite>(t: &mut T, r: &TxnRequest, leases: &dyn LeaseLookup) -> Result<TxnResponse, KvError> {
     let mut path = Vec::new();
-    compare_to_path(t, r, &mut path);
+    compare_to_path(t, r, &mut path)?;
     if !is_txn_readonly(r) {
         for_each_taken_op(r, &path, &mut 0, &mut |op| check_taken_put(t, op, leases))?;
     }
@@ -410,7 +417,7 @@ pub fn txn<T: KvWrite>(t: &mut T, r: &TxnRequest, leases: &dyn LeaseLookup) -> R
 /// A read-only txn, served from a read view.
 pub fn read_txn(t: &impl KvRead, r: &TxnRequest) -> Result<TxnResponse, KvError> {
     let mut path = Vec::new();
-    compare_to_path(t, r, &mut path);
+    compare_to_path(t, r, &mut path)?;
     for_each_taken_op(r, &path, &mut 0, &mut |op| check_taken_range(t, op))?;
     let mut resp = read_txn_branch(t, r, &path, &mut 0)?;
     resp.header = header(t.rev());

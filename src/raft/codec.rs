@@ -124,3 +124,87 @@ pub fn entry_from_bytes(raw: &[u8]) -> storage::Result<typ::Entry> {
 pub fn decode<M: Message + Default>(cf: Cf, raw: &[u8]) -> storage::Result<M> {
     M::decode(raw).map_err(|e| storage::Error::corrupt(cf, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cairnpb::{raft_request, RaftRequest};
+    use crate::proto::etcdserverpb::PutRequest;
+
+    fn node(name: &str) -> MemberNode {
+        MemberNode {
+            name: name.to_string(),
+            peer_urls: vec![format!("http://{name}:2380")],
+            client_urls: vec![format!("http://{name}:2379"), format!("http://{name}:22379")],
+        }
+    }
+
+    fn log_id(term: u64, node: u64, index: u64) -> typ::LogId {
+        typ::LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    fn joint_membership() -> typ::Membership {
+        let nodes = BTreeMap::from([(1, node("a")), (2, node("b")), (3, node("c")), (4, node("learner"))]);
+        typ::Membership::new(vec![BTreeSet::from([1, 2]), BTreeSet::from([1, 2, 3])], nodes)
+    }
+
+    #[test]
+    fn log_ids_and_votes_round_trip() {
+        let id = log_id(7, 0x8e9e05c52164694d, u64::MAX);
+        assert_eq!(log_id_from_pb(&log_id_to_pb(&id)), id);
+        for vote in [typ::Vote::new(3, 2), typ::Vote::new_committed(4, 1)] {
+            assert_eq!(vote_from_pb(&vote_to_pb(&vote)), vote);
+        }
+    }
+
+    #[test]
+    fn memberships_round_trip_with_joint_configs_and_learners() {
+        let m = joint_membership();
+        assert_eq!(membership_from_pb(&membership_to_pb(&m)), m);
+        let stored = typ::StoredMembership::new(Some(log_id(2, 1, 9)), m);
+        assert_eq!(stored_membership_from_pb(&stored_membership_to_pb(&stored)), stored);
+        let empty = typ::StoredMembership::default();
+        assert_eq!(stored_membership_from_pb(&stored_membership_to_pb(&empty)), empty);
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let put = RaftRequest {
+            request: Some(raft_request::Request::Put(PutRequest {
+                key: b"k\x00\xff".to_vec(),
+                value: vec![0; 300],
+                lease: 42,
+                ..Default::default()
+            })),
+        };
+        let payloads = [
+            EntryPayload::Blank,
+            EntryPayload::Normal(put),
+            EntryPayload::Membership(joint_membership()),
+        ];
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let entry = typ::Entry {
+                log_id: log_id(1, 1, i as u64 + 1),
+                payload,
+            };
+            let back = entry_from_bytes(&entry_to_bytes(&entry)).expect("decode");
+            assert_eq!(back.log_id, entry.log_id);
+            assert_eq!(format!("{:?}", back.payload), format!("{:?}", entry.payload));
+        }
+    }
+
+    #[test]
+    fn malformed_entries_are_corruption_errors() {
+        assert!(entry_from_bytes(b"\xff\xff\xff").is_err());
+        let no_log_id = cairnpb::LogEntry {
+            log_id: None,
+            payload: Some(cairnpb::log_entry::Payload::Blank(cairnpb::Blank {})),
+        };
+        assert!(entry_from_bytes(&no_log_id.encode_to_vec()).is_err());
+        let no_payload = cairnpb::LogEntry {
+            log_id: Some(log_id_to_pb(&log_id(1, 1, 1))),
+            payload: None,
+        };
+        assert!(entry_from_bytes(&no_payload.encode_to_vec()).is_err());
+    }
+}

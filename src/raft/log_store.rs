@@ -2,11 +2,16 @@
 //!
 //! Keys are big-endian indexes, so byte order is log order.
 //!
-//! Group commit: an append writes its entries at once (readable on return, as openraft
-//! requires) without waiting for the disk, and hands openraft's durability callback to one
-//! syncer thread. The syncer takes every callback waiting, fsyncs the write-ahead log once,
-//! and only then reports them durable. So raft never waits on the disk between appends, and
-//! concurrent proposals share one fsync.
+//! An append writes its entries at once (readable on return, as openraft requires) without
+//! waiting for the disk, and hands openraft's durability callback to one syncer thread. The
+//! syncer takes every callback waiting, fsyncs the write-ahead log once, and only then
+//! reports them durable. A group could hold several appends, but openraft 0.9 awaits each
+//! flush before its next append, so today every append pays its own fsync: sharing one
+//! fsync among concurrent proposals has to happen above openraft (batching requests into
+//! one entry).
+//!
+//! Every read and write of the log runs on the log's own I/O thread (`raft::io`), never on
+//! the blocking pool client reads use.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -17,7 +22,8 @@ use openraft::{OptionalSend, StorageIOError};
 use prost::Message;
 
 use super::codec::{decode, entry_from_bytes, entry_to_bytes, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb};
-use super::{blocking, typ, TypeConfig};
+use super::io::IoThread;
+use super::{typ, TypeConfig};
 
 use crate::proto::cairnpb;
 use crate::storage::schema::raft_meta;
@@ -44,6 +50,7 @@ const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOErr
 #[derive(Clone)]
 pub struct LogStore {
     engine: Engine,
+    io: IoThread,
     syncer: Arc<Syncer>,
 }
 
@@ -65,12 +72,20 @@ impl Drop for Syncer {
     }
 }
 
+/// One fsync of the write-ahead log (the `raft-log-fsync` failpoint fails it).
+fn sync(engine: &Engine) -> storage::Result<()> {
+    fail::fail_point!("raft-log-fsync", |_| Err(storage::Error::Engine(
+        "fsync failed (failpoint raft-log-fsync)".into()
+    )));
+    engine.sync_wal()
+}
+
 /// Reports appends durable in groups, one fsync per group. Ends when the queue closes.
 fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = waiting.recv() {
         let mut group = vec![first];
         group.extend(waiting.try_iter());
-        let result = engine.sync_wal();
+        let result = sync(&engine);
         for flushed in group {
             flushed.log_io_completed(match &result {
                 Ok(()) => Ok(()),
@@ -81,8 +96,9 @@ fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<Type
 }
 
 impl LogStore {
-    /// Fails only if the syncer thread cannot be started.
+    /// Fails only if the syncer or I/O thread cannot be started.
     pub fn new(engine: Engine) -> std::io::Result<Self> {
+        let io = IoThread::spawn("raft-log-io")?;
         let (queue, waiting) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
         let sync_engine = engine.clone();
         let thread = std::thread::Builder::new()
@@ -92,46 +108,49 @@ impl LogStore {
             queue: Some(queue),
             thread: Some(thread),
         });
-        Ok(LogStore { engine, syncer })
+        Ok(LogStore { engine, io, syncer })
     }
+}
 
-    fn last_purged(&self) -> storage::Result<Option<typ::LogId>> {
-        self.engine
-            .get(Cf::RaftMeta, raft_meta::LAST_PURGED)?
-            .map(|raw| decode::<cairnpb::LogId>(Cf::RaftMeta, &raw).map(|id| log_id_from_pb(&id)))
-            .transpose()
+// Free functions over the engine, not methods: a job on the I/O thread must not hold a
+// `LogStore` clone, whose drop could be the last and join the thread from itself.
+
+fn last_purged(engine: &Engine) -> storage::Result<Option<typ::LogId>> {
+    engine
+        .get(Cf::RaftMeta, raft_meta::LAST_PURGED)?
+        .map(|raw| decode::<cairnpb::LogId>(Cf::RaftMeta, &raw).map(|id| log_id_from_pb(&id)))
+        .transpose()
+}
+
+fn last_entry_id(engine: &Engine) -> storage::Result<Option<typ::LogId>> {
+    // Indexes are big-endian: the last key is the newest entry.
+    let mut cur = engine.cursor(Cf::RaftLog);
+    cur.seek_to_last();
+    if cur.valid() {
+        return Ok(Some(entry_from_bytes(cur.value())?.log_id));
     }
+    cur.status()?;
+    Ok(None)
+}
 
-    fn last_entry_id(&self) -> storage::Result<Option<typ::LogId>> {
-        // Indexes are big-endian: the last key is the newest entry.
-        let mut cur = self.engine.cursor(Cf::RaftLog);
-        cur.seek_to_last();
-        if cur.valid() {
-            return Ok(Some(entry_from_bytes(cur.value())?.log_id));
+fn read_range(engine: &Engine, start: u64, end: Option<u64>) -> storage::Result<Vec<typ::Entry>> {
+    let mut out = Vec::new();
+    let mut cur = engine.cursor(Cf::RaftLog);
+    cur.seek(&index_key(start));
+    while cur.valid() {
+        let index = u64::from_be_bytes(
+            cur.key()
+                .try_into()
+                .map_err(|_| storage::Error::corrupt(Cf::RaftLog, "key is not 8 bytes"))?,
+        );
+        if end.is_some_and(|end| index >= end) {
+            break;
         }
-        cur.status()?;
-        Ok(None)
+        out.push(entry_from_bytes(cur.value())?);
+        cur.next();
     }
-
-    fn read_range(&self, start: u64, end: Option<u64>) -> storage::Result<Vec<typ::Entry>> {
-        let mut out = Vec::new();
-        let mut cur = self.engine.cursor(Cf::RaftLog);
-        cur.seek(&index_key(start));
-        while cur.valid() {
-            let index = u64::from_be_bytes(
-                cur.key()
-                    .try_into()
-                    .map_err(|_| storage::Error::corrupt(Cf::RaftLog, "key is not 8 bytes"))?,
-            );
-            if end.is_some_and(|end| index >= end) {
-                break;
-            }
-            out.push(entry_from_bytes(cur.value())?);
-            cur.next();
-        }
-        cur.status()?;
-        Ok(out)
-    }
+    cur.status()?;
+    Ok(out)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -149,8 +168,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
-        let store = self.clone();
-        blocking(JOIN_FAILED, move || store.read_range(start, end).map_err(read_err)).await
+        let engine = self.engine.clone();
+        self.io
+            .run(JOIN_FAILED, move || read_range(&engine, start, end).map_err(read_err))
+            .await
     }
 }
 
@@ -158,16 +179,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, typ::StorageError> {
-        let store = self.clone();
-        blocking(JOIN_FAILED, move || {
-            let last_purged_log_id = store.last_purged().map_err(read_err)?;
-            let last_log_id = store.last_entry_id().map_err(read_err)?.or(last_purged_log_id);
-            Ok(LogState {
-                last_purged_log_id,
-                last_log_id,
+        let engine = self.engine.clone();
+        self.io
+            .run(JOIN_FAILED, move || {
+                let last_purged_log_id = last_purged(&engine).map_err(read_err)?;
+                let last_log_id = last_entry_id(&engine).map_err(read_err)?.or(last_purged_log_id);
+                Ok(LogState {
+                    last_purged_log_id,
+                    last_log_id,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -177,14 +199,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &typ::Vote) -> Result<(), typ::StorageError> {
         let engine = self.engine.clone();
         let raw = vote_to_pb(vote).encode_to_vec();
-        blocking(JOIN_FAILED, move || {
-            let mut batch = WriteBatch::new(&engine);
-            batch.put(Cf::RaftMeta, raft_meta::VOTE, &raw);
-            engine
-                .write(batch, true)
-                .map_err(|e| StorageIOError::write_vote(&e).into())
-        })
-        .await
+        self.io
+            .run(JOIN_FAILED, move || {
+                let mut batch = WriteBatch::new(&engine);
+                batch.put(Cf::RaftMeta, raft_meta::VOTE, &raw);
+                engine
+                    .write(batch, true)
+                    .map_err(|e| StorageIOError::write_vote(&e).into())
+            })
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<typ::Vote>, typ::StorageError> {
@@ -230,16 +253,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Handing over the callback blocks only when SYNC_QUEUE appends already wait.
         let engine = self.engine.clone();
         let syncer = self.syncer.clone();
-        blocking(JOIN_FAILED, move || {
-            engine.write(batch, false).map_err(write_err)?;
-            syncer
-                .queue
-                .as_ref()
-                .ok_or(())
-                .and_then(|queue| queue.send(callback).map_err(|_| ()))
-                .map_err(|()| write_err(crate::storage::Error::Engine("raft log syncer stopped".into())))
-        })
-        .await
+        self.io
+            .run(JOIN_FAILED, move || {
+                fail::fail_point!("raft-log-append", |_| Err(write_err(storage::Error::Engine(
+                    "log append failed (failpoint raft-log-append)".into()
+                ))));
+                engine.write(batch, false).map_err(write_err)?;
+                syncer
+                    .queue
+                    .as_ref()
+                    .ok_or(())
+                    .and_then(|queue| queue.send(callback).map_err(|_| ()))
+                    .map_err(|()| write_err(crate::storage::Error::Engine("raft log syncer stopped".into())))
+            })
+            .await
     }
 
     async fn truncate(&mut self, log_id: typ::LogId) -> Result<(), typ::StorageError> {
@@ -247,7 +274,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range(Cf::RaftLog, &index_key(log_id.index), &index_key(u64::MAX));
         batch.delete(Cf::RaftLog, &index_key(u64::MAX));
         let engine = self.engine.clone();
-        blocking(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err)).await
+        self.io
+            .run(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err))
+            .await
     }
 
     async fn purge(&mut self, log_id: typ::LogId) -> Result<(), typ::StorageError> {
@@ -260,6 +289,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index.saturating_add(1)));
         let engine = self.engine.clone();
-        blocking(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err)).await
+        self.io
+            .run(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err))
+            .await
     }
 }

@@ -18,13 +18,31 @@ use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use prost::Message;
 
 use super::codec::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
-use super::{blocking, typ, TypeConfig};
-use crate::apply::{self, Applied, LeaseChange, RaftResponse};
-use crate::lease::{self, Lessor};
-use crate::proto::cairnpb;
+use super::io::IoThread;
+use super::{blocking, typ, RaftResponse, TypeConfig};
+use crate::proto::cairnpb::{self, RaftRequest};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
-use crate::watch::Hub;
+
+/// One applied request: the writes (empty if it was refused), the answer, and what the
+/// application tells its observers once the batch is written.
+pub struct Applied<E> {
+    pub batch: WriteBatch,
+    pub response: RaftResponse,
+    pub effects: E,
+}
+
+/// The application's semantics, kept out of raft: how a request becomes writes, and who
+/// hears about them. Raft adds the entry's log id to the batch and writes it.
+pub trait Application: Send + Sync + 'static {
+    type Effects: Send + 'static;
+    /// Applies one request; an error is a storage fault, fatal to the member.
+    fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied<Self::Effects>>;
+    /// The request's batch is written: observers learn what it changed.
+    fn applied(&self, effects: Self::Effects);
+    /// A snapshot replaced the state: observers reload from it.
+    fn reload(&self, engine: &Engine) -> storage::Result<()>;
+}
 
 fn sm_read_err(e: storage::Error) -> typ::StorageError {
     StorageIOError::read_state_machine(&e).into()
@@ -37,11 +55,11 @@ fn sm_write_err(e: storage::Error) -> typ::StorageError {
 /// How a failed blocking task is reported.
 const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOError::write_state_machine(e);
 
-#[derive(Clone)]
-pub struct StateMachine {
+pub struct StateMachine<A> {
     engine: Engine,
-    hub: Hub,
-    lessor: Arc<Lessor>,
+    /// Applies and snapshot installation run here, not on the blocking pool client reads use.
+    io: IoThread,
+    app: Arc<A>,
     /// The last snapshot built, if any: openraft asks for it again when a follower needs it.
     last_snapshot: Arc<Mutex<Option<typ::SnapshotMeta>>>,
 }
@@ -103,32 +121,27 @@ fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
     Ok(batch)
 }
 
-fn revision_of(event: &crate::mvcc::Event) -> i64 {
-    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
-}
-
-/// Hands the hub one revision at a time: an entry usually writes one, an expiry entry many.
-fn publish_by_revision(hub: &Hub, mut events: Vec<crate::mvcc::Event>) {
-    while let Some(first) = events.first() {
-        let rev = revision_of(first);
-        let split = events
-            .iter()
-            .position(|e| revision_of(e) != rev)
-            .unwrap_or(events.len());
-        let rest = events.split_off(split);
-        hub.publish(rev, events);
-        events = rest;
+// Not derived: `A` itself need not be `Clone`.
+impl<A> Clone for StateMachine<A> {
+    fn clone(&self) -> Self {
+        StateMachine {
+            engine: self.engine.clone(),
+            io: self.io.clone(),
+            app: self.app.clone(),
+            last_snapshot: self.last_snapshot.clone(),
+        }
     }
 }
 
-impl StateMachine {
-    pub fn new(engine: Engine, hub: Hub, lessor: Arc<Lessor>) -> Self {
-        StateMachine {
+impl<A: Application> StateMachine<A> {
+    /// Fails only if the apply thread cannot be started.
+    pub fn new(engine: Engine, app: Arc<A>) -> std::io::Result<Self> {
+        Ok(StateMachine {
             engine,
-            hub,
-            lessor,
+            io: IoThread::spawn("raft-apply")?,
+            app,
             last_snapshot: Arc::new(Mutex::new(None)),
-        }
+        })
     }
 
     fn build(&self, snapshot_id: Option<String>) -> storage::Result<typ::Snapshot> {
@@ -151,7 +164,7 @@ impl StateMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+impl<A: Application> RaftSnapshotBuilder<TypeConfig> for StateMachine<A> {
     async fn build_snapshot(&mut self) -> Result<typ::Snapshot, typ::StorageError> {
         let sm = self.clone();
         let snapshot = blocking(JOIN_FAILED, move || sm.build(None).map_err(sm_read_err)).await?;
@@ -162,7 +175,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
+impl<A: Application> RaftStateMachine<TypeConfig> for StateMachine<A> {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<typ::LogId>, typ::StoredMembership), typ::StorageError> {
@@ -176,48 +189,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<typ::Entry> = entries.into_iter().collect();
         let engine = self.engine.clone();
-        let hub = self.hub.clone();
-        let lessor = self.lessor.clone();
-        blocking(JOIN_FAILED, move || {
-            let mut responses = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let applied = match &entry.payload {
-                    EntryPayload::Blank => Applied::nothing(&engine),
-                    EntryPayload::Normal(req) => apply::apply(&engine, req).map_err(sm_write_err)?,
-                    EntryPayload::Membership(m) => {
-                        let mut applied = Applied::nothing(&engine);
-                        let stored = typ::StoredMembership::new(Some(entry.log_id), m.clone());
-                        let raw = stored_membership_to_pb(&stored).encode_to_vec();
-                        applied.batch.put(Cf::Meta, meta::MEMBERSHIP, &raw);
-                        applied
+        let app = self.app.clone();
+        self.io
+            .run(JOIN_FAILED, move || {
+                let mut responses = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    fail::fail_point!("raft-apply", |_| Err(sm_write_err(storage::Error::Engine(
+                        "apply failed (failpoint raft-apply)".into()
+                    ))));
+                    let (mut batch, response, effects) = match &entry.payload {
+                        EntryPayload::Blank => (WriteBatch::new(&engine), RaftResponse::Empty(cairnpb::Blank {}), None),
+                        EntryPayload::Normal(req) => {
+                            let applied = app.apply(&engine, req).map_err(sm_write_err)?;
+                            (applied.batch, applied.response, Some(applied.effects))
+                        }
+                        EntryPayload::Membership(m) => {
+                            let mut batch = WriteBatch::new(&engine);
+                            let stored = typ::StoredMembership::new(Some(entry.log_id), m.clone());
+                            let raw = stored_membership_to_pb(&stored).encode_to_vec();
+                            batch.put(Cf::Meta, meta::MEMBERSHIP, &raw);
+                            (batch, RaftResponse::Empty(cairnpb::Blank {}), None)
+                        }
+                    };
+                    batch.put(
+                        Cf::Meta,
+                        meta::LAST_APPLIED,
+                        &log_id_to_pb(&entry.log_id).encode_to_vec(),
+                    );
+                    engine.write(batch, false).map_err(sm_write_err)?;
+                    if let Some(effects) = effects {
+                        app.applied(effects);
                     }
-                };
-                let Applied {
-                    mut batch,
-                    response,
-                    events,
-                    lease_changes,
-                } = applied;
-                batch.put(
-                    Cf::Meta,
-                    meta::LAST_APPLIED,
-                    &log_id_to_pb(&entry.log_id).encode_to_vec(),
-                );
-                engine.write(batch, false).map_err(sm_write_err)?;
-                // Only after the write: a watcher reading history must find these changes.
-                publish_by_revision(&hub, events);
-                for change in lease_changes {
-                    match change {
-                        LeaseChange::Granted { id, ttl } => lessor.granted(id, ttl),
-                        LeaseChange::Revoked(id) => lessor.revoked(id),
-                        LeaseChange::Checkpointed { id, remaining_ttl } => lessor.checkpointed(id, remaining_ttl),
-                    }
+                    responses.push(response);
                 }
-                responses.push(response);
-            }
-            Ok(responses)
-        })
-        .await
+                Ok(responses)
+            })
+            .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -234,15 +241,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<IoCursor<Vec<u8>>>,
     ) -> Result<(), typ::StorageError> {
         let engine = self.engine.clone();
-        let lessor = self.lessor.clone();
+        let app = self.app.clone();
         let data = snapshot.into_inner();
-        blocking(JOIN_FAILED, move || {
-            let batch = load(&engine, &data).map_err(sm_write_err)?;
-            engine.write(batch, true).map_err(sm_write_err)?;
-            lessor.recover(lease::store::all(&engine).map_err(sm_read_err)?);
-            Ok(())
-        })
-        .await?;
+        self.io
+            .run(JOIN_FAILED, move || {
+                let batch = load(&engine, &data).map_err(sm_write_err)?;
+                engine.write(batch, true).map_err(sm_write_err)?;
+                app.reload(&engine).map_err(sm_read_err)
+            })
+            .await?;
         if let Ok(mut last) = self.last_snapshot.lock() {
             *last = Some(meta.clone());
         }

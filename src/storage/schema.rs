@@ -69,6 +69,4 @@ pub mod meta {
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     /// The last applied membership (`cairnpb.StoredMembership`).
     pub const MEMBERSHIP: &[u8] = b"membership";
-    /// The last built snapshot's id (text).
-    pub const SNAPSHOT_ID: &[u8] = b"snapshot_id";
 }

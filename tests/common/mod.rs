@@ -24,6 +24,8 @@ pub struct Node {
     pub log: PathBuf,
     /// Flags beyond the ones every test node gets.
     pub extra_args: Vec<String>,
+    /// Environment variables for the process (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -59,8 +61,17 @@ impl Node {
         Node::start_with(&[])
     }
 
+    /// Starts a fresh node with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Node {
+        Node::start_full(&[], env)
+    }
+
     /// Starts a fresh node with extra flags.
     pub fn start_with(extra_args: &[&str]) -> Node {
+        Node::start_full(extra_args, &[])
+    }
+
+    fn start_full(extra_args: &[&str], env: &[(&str, &str)]) -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut node = Node {
             child: None,
@@ -69,6 +80,7 @@ impl Node {
             peer_port: free_port(),
             log: tmp.path().join("cairn.log"),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             _tmp: Some(tmp),
         };
         node.launch();
@@ -84,6 +96,7 @@ impl Node {
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -26,6 +26,8 @@ pub struct Node {
     pub extra_args: Vec<String>,
     /// Environment variables for the process (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// A program and its arguments the server runs under (e.g. `strace … --`); empty for none.
+    pub wrapper: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -63,15 +65,21 @@ impl Node {
 
     /// Starts a fresh node with extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> Node {
-        Node::start_full(&[], env)
+        Node::start_full(&[], &[], env)
     }
 
     /// Starts a fresh node with extra flags.
     pub fn start_with(extra_args: &[&str]) -> Node {
-        Node::start_full(extra_args, &[])
+        Node::start_full(&[], extra_args, &[])
     }
 
-    fn start_full(extra_args: &[&str], env: &[(&str, &str)]) -> Node {
+    /// Starts a fresh node with extra flags, run by `wrapper` (its last argument is followed
+    /// by the server's path and flags).
+    pub fn start_under(wrapper: &[String], extra_args: &[&str]) -> Node {
+        Node::start_full(wrapper, extra_args, &[])
+    }
+
+    fn start_full(wrapper: &[String], extra_args: &[&str], env: &[(&str, &str)]) -> Node {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut node = Node {
             child: None,
@@ -81,6 +89,7 @@ impl Node {
             log: tmp.path().join("cairn.log"),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            wrapper: wrapper.to_vec(),
             _tmp: Some(tmp),
         };
         node.launch();
@@ -94,7 +103,15 @@ impl Node {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_cairn"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cairn")),
+        };
+        let mut child = command
             .args(self.args())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -121,16 +138,47 @@ impl Node {
     }
 
     pub fn kill9(&mut self) {
+        // Under a wrapper, the server goes first: killing only a tracer (strace) would leave
+        // the server running, detached. The wrapper then ends by itself once its child is
+        // gone, having written all it has (a trace); it is killed only if it does not.
+        if let (Some(pid), false) = (self.server_pid(), self.wrapper.is_empty()) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            if let Some(child) = self.child.as_mut() {
+                for _ in 0..200 {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
+    /// The server's process id: the child's, or under a wrapper the wrapper's (first) child.
+    pub fn server_pid(&self) -> Option<u32> {
+        let pid = self.child.as_ref()?.id();
+        if self.wrapper.is_empty() {
+            return Some(pid);
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
+        // The server, not its wrapper: it exits, and then the wrapper does.
+        let pid = self.server_pid();
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let pid = pid.unwrap_or(child.id());
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
             for _ in 0..100 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;

@@ -314,3 +314,50 @@ fn rss_kib(node: &Node) -> i64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// A revision too large for the hub's ring (256 KiB a slot) reaches live watchers through
+/// storage: all its events, in one response, with previous versions, in order with the
+/// revisions around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_too_large_for_the_ring_is_delivered_whole() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let node = Node::start();
+    let mut c = node.client().await;
+    c.put("big/a", "old", None).await.unwrap(); // 2
+    let mut s = c
+        .watch("big/", Some(WatchOptions::new().with_prefix().with_prev_key()))
+        .await
+        .unwrap();
+    let value = vec![b'v'; 400 << 10];
+    let ops: Vec<TxnOp> = ["big/a", "big/b", "big/c"]
+        .iter()
+        .map(|k| TxnOp::put(*k, value.clone(), None))
+        .collect();
+    let txn = Txn::new()
+        .when([Compare::version("big/a", CompareOp::Greater, 0)])
+        .and_then(ops);
+    c.txn(txn).await.unwrap(); // 3: 1.2 MiB of events
+    c.put("big/d", "small", None).await.unwrap(); // 4
+
+    let r = next(&mut s).await;
+    let keys: Vec<(&[u8], i64, usize)> = r
+        .events()
+        .iter()
+        .map(|e| {
+            let kv = e.kv().unwrap();
+            (kv.key(), kv.mod_revision(), kv.value().len())
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (&b"big/a"[..], 3, value.len()),
+            (&b"big/b"[..], 3, value.len()),
+            (&b"big/c"[..], 3, value.len())
+        ]
+    );
+    assert_eq!(r.events()[0].prev_kv().unwrap().value(), b"old");
+    let r = next(&mut s).await;
+    assert_eq!(r.events().len(), 1);
+    assert_eq!(r.events()[0].kv().unwrap().mod_revision(), 4);
+}

@@ -332,6 +332,12 @@ impl StreamTask {
         if rev.revision <= self.stream_rev {
             return Ok(());
         }
+        if rev.spilled {
+            // Too large for the ring: watchers waiting for it are now behind `stream_rev`
+            // and read it from storage, as after a gap.
+            self.stream_rev = rev.revision;
+            return Ok(());
+        }
         // Watchers synced before this revision get it live; the others stay behind.
         let mut sends = Vec::new();
         for (id, w) in self.watchers.iter_mut() {

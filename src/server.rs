@@ -27,6 +27,7 @@ use crate::config::{ClusterState, Config, CLUSTER_VERSION, ETCD_VERSION};
 use crate::failstop::FailStop;
 use crate::lease::expiry::{self, ExpiryConfig};
 use crate::lease::{self, Lessor};
+use crate::mvcc::compaction::Compactor;
 use crate::mvcc::store::Revisions;
 use crate::net::authority::AuthorityFix;
 use crate::proto::cairnpb::NodeIdentity;
@@ -189,6 +190,13 @@ pub async fn run(
     // Before raft starts: entries it re-applies at start-up update the lessor from here.
     let lessor = Arc::new(Lessor::new());
     lessor.recover(lease::store::all(&engine)?);
+    // Started before raft: it finishes a compaction a restart interrupted, and entries
+    // re-applied at start-up may schedule more.
+    let compactor = Compactor::start(engine.clone(), {
+        let failstop = failstop.clone();
+        move |cause| failstop.trip(cause)
+    })
+    .map_err(|e| StartError::Raft(format!("compactor: {e}")))?;
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -207,8 +215,11 @@ pub async fn run(
         Arc::new(raft_config),
         PeerNetwork,
         LogStore::new(engine.clone()).map_err(|e| StartError::Raft(format!("raft log: {e}")))?,
-        StateMachine::new(engine.clone(), Arc::new(Applier::new(hub.clone(), lessor.clone())))
-            .map_err(|e| StartError::Raft(format!("state machine: {e}")))?,
+        StateMachine::new(
+            engine.clone(),
+            Arc::new(Applier::new(hub.clone(), lessor.clone(), compactor.clone())),
+        )
+        .map_err(|e| StartError::Raft(format!("state machine: {e}")))?,
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -270,6 +281,7 @@ pub async fn run(
         engine.clone(),
         header.clone(),
         config.max_txn_ops,
+        compactor.clone(),
     ))
     .max_decoding_message_size(max_decode)
     .max_encoding_message_size(usize::MAX);

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::{blocking, propose, unexpected, Header};
 use crate::apply::RaftResponse;
 use crate::error::ServerError;
+use crate::mvcc::compaction::Compactor;
 use crate::mvcc::ops;
 use crate::mvcc::store::Reader;
 use crate::proto::cairnpb::raft_request;
@@ -21,15 +22,17 @@ pub struct KvService {
     engine: Engine,
     header: Header,
     max_txn_ops: usize,
+    compactor: Compactor,
 }
 
 impl KvService {
-    pub fn new(proposer: Proposer, engine: Engine, header: Header, max_txn_ops: usize) -> Self {
+    pub fn new(proposer: Proposer, engine: Engine, header: Header, max_txn_ops: usize, compactor: Compactor) -> Self {
         KvService {
             proposer,
             engine,
             header,
             max_txn_ops,
+            compactor,
         }
     }
 
@@ -116,9 +119,14 @@ impl Kv for KvService {
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let r = request.into_inner();
-        // Compaction runs inside apply, so `physical` is complete when the proposal returns.
+        let (revision, physical) = (r.revision, r.physical);
         match self.propose(raft_request::Request::Compaction(r)).await? {
             RaftResponse::Compaction(mut resp) => {
+                // Applied means logically compacted; `physical` also waits for the versions
+                // to be gone, as etcd's does.
+                if physical {
+                    self.compactor.wait_finished(revision).await;
+                }
                 self.header.fill(&mut resp.header)?;
                 Ok(Response::new(resp))
             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::lease::{self, LeaseError, LeaseId, Lessor, NO_LEASE};
-use crate::mvcc::compaction;
+use crate::mvcc::compaction::{self, Compactor};
 use crate::mvcc::ops::{self, header, LeaseLookup};
 use crate::mvcc::store::{KvRead, KvWrite, WriteTxn};
 use crate::mvcc::{Event, KeyRange, KvError};
@@ -96,6 +96,8 @@ impl LeaseLookup for StoredLeases<'_> {
 pub struct Effects {
     pub events: Vec<Event>,
     pub lease_changes: Vec<LeaseChange>,
+    /// A compaction was scheduled: the compactor has work.
+    pub compacted: bool,
 }
 
 /// One applied request: its batch (empty if refused), its answer and its effects.
@@ -202,6 +204,7 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
     let mut txn = WriteTxn::begin(engine)?;
     let leases = StoredLeases(engine);
     let mut lease_changes = Vec::new();
+    let mut compacted = false;
     let result = match &req.request {
         Some(Request::Put(p)) => ops::put(&mut txn, p, &leases, false)
             .map(RaftResponse::Put)
@@ -215,11 +218,13 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
         Some(Request::Compaction(c)) => {
             let revs = txn.reader().revisions();
             compaction::check(revs.current, revs.compacted, c.revision)
-                .and_then(|()| {
-                    compaction::compact(engine, txn.batch_mut(), revs.compacted, c.revision)?;
-                    Ok(RaftResponse::Compaction(CompactionResponse {
+                .map(|()| {
+                    // Logical now; the versions go in the background (`Compactor`).
+                    compaction::schedule(txn.batch_mut(), c.revision);
+                    compacted = true;
+                    RaftResponse::Compaction(CompactionResponse {
                         header: header(txn.rev()),
-                    }))
+                    })
                 })
                 .map_err(Rejection::from)
         }
@@ -239,7 +244,11 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
             Ok(Applied {
                 batch,
                 response,
-                effects: Effects { events, lease_changes },
+                effects: Effects {
+                    events,
+                    lease_changes,
+                    compacted,
+                },
             })
         }
         Err(e) => Ok(Applied {
@@ -251,15 +260,16 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
 }
 
 /// etcd's semantics for the raft state machine: applies requests with [`apply`], then tells
-/// the observers (the watch hub, the lessor) what each written batch changed.
+/// the observers (the watch hub, the lessor, the compactor) what each written batch changed.
 pub struct Applier {
     hub: Hub,
     lessor: Arc<Lessor>,
+    compactor: Compactor,
 }
 
 impl Applier {
-    pub fn new(hub: Hub, lessor: Arc<Lessor>) -> Self {
-        Applier { hub, lessor }
+    pub fn new(hub: Hub, lessor: Arc<Lessor>, compactor: Compactor) -> Self {
+        Applier { hub, lessor, compactor }
     }
 }
 
@@ -271,6 +281,9 @@ impl crate::raft::state_machine::Application for Applier {
     }
 
     fn applied(&self, effects: Effects) {
+        if effects.compacted {
+            self.compactor.wake();
+        }
         // The batch is written: a watcher reading history finds these changes.
         publish_by_revision(&self.hub, effects.events);
         for change in effects.lease_changes {
@@ -284,6 +297,8 @@ impl crate::raft::state_machine::Application for Applier {
 
     fn reload(&self, engine: &Engine) -> storage::Result<()> {
         self.lessor.recover(lease::store::all(engine)?);
+        // The snapshot may carry a compaction not physically done yet.
+        self.compactor.wake();
         Ok(())
     }
 }
@@ -540,8 +555,14 @@ mod tests {
         assert!(matches!(resp, RaftResponse::Compaction(_)));
         assert!(matches!(get(&engine, "k", 2), Err(KvError::Compacted)));
         assert_eq!(get(&engine, "k", 3).expect("range")[0].mod_revision, 3);
-        // The superseded version is gone from storage, not just hidden.
+        // Apply only scheduled it; the compactor's step removes the superseded version.
+        assert!(engine.get(Cf::Kv, &kv_key(b"k", 2)).expect("get").is_some());
+        assert_eq!(
+            compaction::step(&engine, &[], 1000).expect("step"),
+            compaction::Step::Finished(3)
+        );
         assert_eq!(engine.get(Cf::Kv, &kv_key(b"k", 2)).expect("get"), None);
+        assert_eq!(get(&engine, "k", 3).expect("range")[0].mod_revision, 3);
         let (resp, _, _) = run(&engine, compact(3));
         assert!(matches!(rejection(resp), Rejection::Kv(KvError::Compacted)));
         let (resp, _, _) = run(&engine, compact(100));

@@ -62,12 +62,27 @@ fn get_at(engine: &Engine, key: &str, rev: i64) -> Result<Option<String>, KvErro
     Ok(rr.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
 }
 
+/// Schedules a compaction as apply does, then runs the compactor's steps to the end,
+/// two keys a step so that resuming between steps is exercised.
 fn compact(engine: &Engine, to: i64) {
     let mut txn = WriteTxn::begin(engine).unwrap();
     let revs = txn.reader().revisions();
     compaction::check(revs.current, revs.compacted, to).unwrap();
-    compaction::compact(engine, txn.batch_mut(), revs.compacted, to).unwrap();
+    compaction::schedule(txn.batch_mut(), to);
     engine.write(txn.finish().0, false).unwrap();
+    let mut from = Vec::new();
+    for _ in 0..1000 {
+        match compaction::step(engine, &from, 2).unwrap() {
+            compaction::Step::Progress(next) => from = next,
+            compaction::Step::Finished(rev) => {
+                assert_eq!(rev, to);
+                assert_eq!(compaction::step(engine, &[], 2).unwrap(), compaction::Step::Idle);
+                return;
+            }
+            compaction::Step::Idle => panic!("a scheduled compaction reported idle"),
+        }
+    }
+    panic!("compaction to {to} did not finish");
 }
 
 #[test]
@@ -232,4 +247,30 @@ fn one_txn_can_write_a_run_of_revisions() {
     assert_eq!(get_at(&engine, "b", start + 2).unwrap().as_deref(), Some("1"));
     assert_eq!(get_at(&engine, "a", start + 3).unwrap(), None);
     assert_eq!(Reader::new(&engine).unwrap().revisions().current, start + 3);
+}
+
+/// One revision holding more keys than a compaction step visits, at the compacted
+/// revision itself: the steps go through it (resuming inside it) and finish.
+#[test]
+fn compaction_finishes_through_a_revision_larger_than_a_step() {
+    let (_dir, e) = engine();
+    for i in 0..7 {
+        put(&e, &format!("k{i}"), "old"); // 2..=8
+    }
+    let mut txn = WriteTxn::begin(&e).unwrap();
+    for i in 0..7 {
+        txn.put(format!("k{i}").as_bytes(), b"new".to_vec(), 0).unwrap();
+    }
+    e.write(txn.finish().0, false).unwrap(); // 9: seven keys
+    compact(&e, 9);
+    for i in 0..7 {
+        let key = format!("k{i}");
+        assert_eq!(get_at(&e, &key, 9).unwrap().as_deref(), Some("new"));
+        // The old version is physically gone.
+        let old = crate::mvcc::key::kv_key(key.as_bytes(), i + 2);
+        assert_eq!(
+            crate::storage::ReadView::get(&e, crate::storage::Cf::Kv, &old).unwrap(),
+            None
+        );
+    }
 }

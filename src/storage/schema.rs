@@ -65,6 +65,8 @@ pub mod meta {
     pub const CURRENT_REV: &[u8] = b"current_rev";
     /// The compacted revision (i64, big-endian); absent means never compacted.
     pub const COMPACTED_REV: &[u8] = b"compacted_rev";
+    /// The revision up to which compaction is physically done (i64, big-endian).
+    pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
     /// The last applied raft log id (`cairnpb.LogId`): etcd's consistent index.
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     /// The last applied membership (`cairnpb.StoredMembership`).

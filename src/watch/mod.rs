@@ -248,7 +248,10 @@ mod tests {
         let hub = Hub::new(1);
         let mut rx = hub.subscribe();
         hub.publish(2, vec![put("small", 100, 2)]);
-        hub.publish(3, vec![put("a", MAX_SLOT_BYTES / 2, 3), put("b", MAX_SLOT_BYTES / 2, 3)]);
+        hub.publish(
+            3,
+            vec![put("a", MAX_SLOT_BYTES / 2, 3), put("b", MAX_SLOT_BYTES / 2, 3)],
+        );
         let small = rx.try_recv().expect("small revision");
         assert_eq!((small.revision, small.events.len(), small.spilled), (2, 1, false));
         let big = rx.try_recv().expect("large revision");

@@ -10,7 +10,6 @@ use crate::config::ETCD_VERSION;
 use crate::error::{unimplemented, ServerError};
 use crate::mvcc::key::decode_kv_key;
 use crate::mvcc::store::Revisions;
-use crate::mvcc::KvError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
@@ -110,13 +109,7 @@ impl Maintenance for MaintenanceService {
         let (hash, revs) = blocking(move || {
             let snap = engine.snapshot();
             let revs = Revisions::read(&snap)?;
-            let at = if requested <= 0 { revs.current } else { requested };
-            if at > revs.current {
-                return Err(KvError::FutureRev.into());
-            }
-            if at < revs.compacted {
-                return Err(KvError::Compacted.into());
-            }
+            let at = revs.read_at(requested)?;
             // Every kept version at or below the revision: equal on members with equal history.
             let hash = hash_cfs(&snap, &[Cf::Kv], |_, key| {
                 decode_kv_key(key).is_some_and(|(_, rev)| rev <= at)

@@ -217,7 +217,7 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
             .map_err(Rejection::from),
         Some(Request::Compaction(c)) => {
             let revs = txn.reader().revisions();
-            compaction::check(revs.current, revs.compacted, c.revision)
+            revs.check_compaction(c.revision)
                 .map(|()| {
                     // Logical now; the versions go in the background (`Compactor`).
                     compaction::schedule(txn.batch_mut(), c.revision);

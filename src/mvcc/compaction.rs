@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use super::key::{decode_kv_key, decode_rev_key, kv_key, rev_key, user_key_prefix};
 use super::store::{is_tombstone, Revisions};
-use super::{KvError, Revision, NEVER_COMPACTED};
+use super::{Revision, NEVER_COMPACTED};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 
@@ -33,17 +33,6 @@ use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 const STEP_KEYS: usize = 1000;
 /// A pause between steps, leaving the disk and the cores to the foreground.
 const STEP_PAUSE: Duration = Duration::from_millis(2);
-
-/// Checks a compaction request against the store's revisions as etcd does.
-pub fn check(current: Revision, compacted: Revision, to: Revision) -> Result<(), KvError> {
-    if to <= compacted {
-        return Err(KvError::Compacted);
-    }
-    if to > current {
-        return Err(KvError::FutureRev);
-    }
-    Ok(())
-}
 
 /// The logical half, in apply: records `to` as the compacted revision in `batch`.
 pub fn schedule(batch: &mut WriteBatch, to: Revision) {

@@ -388,16 +388,17 @@ fn check_taken_range(t: &impl KvRead, op: &RequestOp) -> Result<(), KvError> {
     let Some(request_op::Request::RequestRange(r)) = &op.request else {
         return Ok(());
     };
+    // etcd's `checkRequestRange` checks the revision as given, before the range resolves 0
+    // or less to the current one: a negative revision below the compacted one (-1 when never
+    // compacted) is refused as compacted.
     if r.revision == 0 {
         return Ok(());
     }
-    if r.revision > t.rev() {
-        return Err(KvError::FutureRev);
+    super::store::Revisions {
+        current: t.rev(),
+        compacted: t.compacted(),
     }
-    if r.revision < t.compacted() {
-        return Err(KvError::Compacted);
-    }
-    Ok(())
+    .check(r.revision)
 }
 
 /// Txn as etcd's applier runs it: compares and checks on the state before the txn, then the

@@ -78,6 +78,45 @@ impl Revisions {
             compacted: read_i64(view, meta::COMPACTED_REV, NEVER_COMPACTED)?,
         })
     }
+
+    /// etcd's bounds on a revision named by a request: above the current revision is a
+    /// future revision, below the compacted one was compacted away (the compacted revision
+    /// itself stays readable).
+    pub fn check(&self, rev: Revision) -> Result<(), KvError> {
+        if rev > self.current {
+            return Err(KvError::FutureRev);
+        }
+        if self.is_compacted(rev) {
+            return Err(KvError::Compacted);
+        }
+        Ok(())
+    }
+
+    /// Whether the versions a read at `rev` needs may be gone: `rev` is below the compacted
+    /// revision.
+    pub fn is_compacted(&self, rev: Revision) -> bool {
+        rev < self.compacted
+    }
+
+    /// The revision a read asking for `requested` is served at: the current one for 0 or
+    /// less, as etcd's range does, and otherwise `requested` once `check` accepts it.
+    pub fn read_at(&self, requested: Revision) -> Result<Revision, KvError> {
+        let at = if requested <= 0 { self.current } else { requested };
+        self.check(at)?;
+        Ok(at)
+    }
+
+    /// etcd's own rule for a compaction to `to`: compacting to the compacted revision again
+    /// is refused as compacted, unlike a read there.
+    pub fn check_compaction(&self, to: Revision) -> Result<(), KvError> {
+        if to <= self.compacted {
+            return Err(KvError::Compacted);
+        }
+        if to > self.current {
+            return Err(KvError::FutureRev);
+        }
+        Ok(())
+    }
 }
 
 /// Reads of the key space: what the Range half of etcd's `ReadView` does.
@@ -158,17 +197,6 @@ impl<'v, V: ReadView> Reader<'v, V> {
         let (mut kvs, _) = self.scan(&KeyRange::Single(key.to_vec()), self.revs.current, 1, false)?;
         Ok(kvs.pop())
     }
-
-    fn check_rev(&self, requested: Revision, current: Revision) -> Result<Revision, KvError> {
-        if requested > current {
-            return Err(KvError::FutureRev);
-        }
-        let at = if requested <= 0 { current } else { requested };
-        if at < self.revs.compacted {
-            return Err(KvError::Compacted);
-        }
-        Ok(at)
-    }
 }
 
 impl<V: ReadView> KvRead for Reader<'_, V> {
@@ -179,7 +207,7 @@ impl<V: ReadView> KvRead for Reader<'_, V> {
         self.revs.compacted
     }
     fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError> {
-        let at = self.check_rev(opts.rev, self.revs.current)?;
+        let at = self.revs.read_at(opts.rev)?;
         let (kvs, count) = self.scan(range, at, opts.limit, opts.count_only)?;
         Ok(RangeResult {
             kvs,
@@ -287,7 +315,12 @@ impl KvRead for WriteTxn<'_> {
     }
     fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError> {
         let current = self.rev();
-        let at = self.reader.check_rev(opts.rev, current)?;
+        // Bounded by the txn's own latest revision, which the stored one does not know yet.
+        let revs = Revisions {
+            current,
+            compacted: self.compacted(),
+        };
+        let at = revs.read_at(opts.rev)?;
         if at <= self.begin_rev() {
             let (kvs, count) = self.reader.scan(range, at, opts.limit, opts.count_only)?;
             return Ok(RangeResult {

@@ -2,7 +2,7 @@
 
 use super::compaction;
 use super::ops::{self, LeaseLookup};
-use super::store::{KvRead, KvWrite, Reader, WriteTxn};
+use super::store::{KvRead, KvWrite, Reader, Revisions, WriteTxn};
 use super::{KeyRange, KvError, RangeOptions};
 use crate::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -62,12 +62,16 @@ fn get_at(engine: &Engine, key: &str, rev: i64) -> Result<Option<String>, KvErro
     Ok(rr.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
 }
 
+fn revs_of(engine: &Engine) -> Revisions {
+    Reader::new(engine).unwrap().revisions()
+}
+
 /// Schedules a compaction as apply does, then runs the compactor's steps to the end,
 /// two keys a step so that resuming between steps is exercised.
 fn compact(engine: &Engine, to: i64) {
     let mut txn = WriteTxn::begin(engine).unwrap();
     let revs = txn.reader().revisions();
-    compaction::check(revs.current, revs.compacted, to).unwrap();
+    revs.check_compaction(to).unwrap();
     compaction::schedule(txn.batch_mut(), to);
     engine.write(txn.finish().0, false).unwrap();
     let mut from = Vec::new();
@@ -107,8 +111,9 @@ fn compaction_keeps_the_newest_version_at_or_below_and_drops_tombstones() {
     compact(&e, 7);
     assert_eq!(get_at(&e, "a", 7).unwrap().as_deref(), Some("a3"));
     assert_eq!(get_at(&e, "b", 7).unwrap().as_deref(), Some("b2"));
-    assert!(matches!(compaction::check(7, 7, 7), Err(KvError::Compacted)));
-    assert!(matches!(compaction::check(7, 5, 8), Err(KvError::FutureRev)));
+    assert!(matches!(revs_of(&e).check_compaction(7), Err(KvError::Compacted)));
+    put(&e, "b", "b3"); // 8
+    assert!(matches!(revs_of(&e).check_compaction(9), Err(KvError::FutureRev)));
 }
 
 fn op(request: request_op::Request) -> RequestOp {

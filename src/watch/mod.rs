@@ -134,7 +134,7 @@ pub fn read_history(
 ) -> storage::Result<History> {
     let snap = engine.snapshot();
     let revs = Revisions::read(&snap)?;
-    if from < revs.compacted {
+    if revs.is_compacted(from) {
         return Ok(History::Compacted(revs.compacted));
     }
     let mut events: Vec<Event> = Vec::new();

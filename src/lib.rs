@@ -3,7 +3,9 @@
 //! # Layout
 //! Data flows one way: request → `api` (validate, route) → `raft` (propose, or read barrier)
 //! → `apply` (one match over the request) → `mvcc` (revisioned keys) → `storage` (RocksDB).
-//! Responses go back to the proposer; reads go from `api` straight to an `mvcc` read view.
+//! Responses go back to the proposer; reads go from `api` straight to `mvcc::view::StoreView`,
+//! the read facade and the only way into the store for `api` and `watch` (ranges, read-only
+//! txns, watch history, hashes, revisions, lease keys).
 //!
 //! - `config`: etcd's flags and `ETCD_*` variables; `logging`: etcd's JSON log lines.
 //! - `server`: wiring and ordered shutdown.

@@ -29,6 +29,7 @@ use crate::lease::expiry::{self, ExpiryConfig};
 use crate::lease::{self, Lessor};
 use crate::mvcc::compaction::Compactor;
 use crate::mvcc::store::Revisions;
+use crate::mvcc::view::StoreView;
 use crate::net::authority::AuthorityFix;
 use crate::proto::cairnpb::NodeIdentity;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -274,11 +275,12 @@ pub async fn run(
         "published local member to cluster through raft"
     );
 
-    let header = Header::new(ident.cluster_id, ident.member_id, raft.clone(), engine.clone());
+    let store_view = StoreView::new(engine.clone());
+    let header = Header::new(ident.cluster_id, ident.member_id, raft.clone(), store_view.clone());
     let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv = KvServer::new(KvService::new(
         proposer.clone(),
-        engine.clone(),
+        store_view.clone(),
         header.clone(),
         config.max_txn_ops,
         compactor.clone(),
@@ -287,7 +289,7 @@ pub async fn run(
     .max_encoding_message_size(usize::MAX);
     let maintenance = MaintenanceServer::new(MaintenanceService::new(
         proposer.clone(),
-        engine.clone(),
+        store_view.clone(),
         header.clone(),
     ))
     .max_decoding_message_size(max_decode)
@@ -295,7 +297,7 @@ pub async fn run(
     let cluster =
         ClusterServer::new(ClusterService::new(proposer.clone(), header.clone())).max_decoding_message_size(max_decode);
     let watch = WatchServer::new(WatchService::new(
-        engine.clone(),
+        store_view.clone(),
         hub.clone(),
         header.clone(),
         config.watch_progress_notify_interval,
@@ -306,7 +308,7 @@ pub async fn run(
     .max_encoding_message_size(usize::MAX);
     let lease = LeaseServer::new(LeaseService::new(
         proposer.clone(),
-        engine.clone(),
+        store_view.clone(),
         header.clone(),
         lessor.clone(),
         lease::min_ttl(config.election_timeout),

@@ -7,7 +7,8 @@ use crate::apply::RaftResponse;
 use crate::error::ServerError;
 use crate::mvcc::compaction::Compactor;
 use crate::mvcc::ops;
-use crate::mvcc::store::Reader;
+use crate::mvcc::view::StoreView;
+use crate::mvcc::KvError;
 use crate::proto::cairnpb::raft_request;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -15,21 +16,20 @@ use crate::proto::etcdserverpb::{
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::raft::Proposer;
-use crate::storage::Engine;
 
 pub struct KvService {
     proposer: Proposer,
-    engine: Engine,
+    view: StoreView,
     header: Header,
     max_txn_ops: usize,
     compactor: Compactor,
 }
 
 impl KvService {
-    pub fn new(proposer: Proposer, engine: Engine, header: Header, max_txn_ops: usize, compactor: Compactor) -> Self {
+    pub fn new(proposer: Proposer, view: StoreView, header: Header, max_txn_ops: usize, compactor: Compactor) -> Self {
         KvService {
             proposer,
-            engine,
+            view,
             header,
             max_txn_ops,
             compactor,
@@ -44,18 +44,13 @@ impl KvService {
     async fn read<T: Send + 'static>(
         &self,
         serializable: bool,
-        f: impl FnOnce(&Reader<'_, crate::storage::Snapshot<'_>>) -> Result<T, crate::mvcc::KvError> + Send + 'static,
+        f: impl FnOnce(&StoreView) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, Status> {
         if !serializable {
             self.proposer.read_barrier().await?;
         }
-        let engine = self.engine.clone();
-        let out = blocking(move || {
-            let snap = engine.snapshot();
-            let reader = Reader::new(&snap)?;
-            f(&reader).map_err(ServerError::from)
-        })
-        .await?;
+        let view = self.view.clone();
+        let out = blocking(move || f(&view).map_err(ServerError::from)).await?;
         Ok(out)
     }
 }
@@ -66,7 +61,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         ops::check_range_request(&r)?;
         let serializable = r.serializable;
-        let mut resp = self.read(serializable, move |reader| ops::range(reader, &r)).await?;
+        let mut resp = self.read(serializable, move |view| view.range(&r)).await?;
         self.header.fill(&mut resp.header)?;
         Ok(Response::new(resp))
     }
@@ -106,7 +101,7 @@ impl Kv for KvService {
             let serializable = r.success.iter().chain(&r.failure).all(|op| {
                 matches!(&op.request, Some(crate::proto::etcdserverpb::request_op::Request::RequestRange(q)) if q.serializable)
             });
-            self.read(serializable, move |reader| ops::read_txn(reader, &r)).await?
+            self.read(serializable, move |view| view.read_txn(&r)).await?
         } else {
             match self.propose(raft_request::Request::Txn(r)).await? {
                 RaftResponse::Txn(resp) => resp,

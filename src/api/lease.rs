@@ -15,6 +15,7 @@ use crate::apply::RaftResponse;
 use crate::error::ServerError;
 use crate::lease::lessor::Renewal;
 use crate::lease::{self, IdGenerator, LeaseError, LeaseId, Lessor, NO_LEASE};
+use crate::mvcc::view::StoreView;
 use crate::proto::cairnpb::raft_request;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -23,7 +24,6 @@ use crate::proto::etcdserverpb::{
     LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crate::raft::{ProposeError, Proposer};
-use crate::storage::Engine;
 
 /// Keep-alive answers buffered towards one client before the stream stops reading requests.
 const OUTBOUND_RESPONSES: usize = 16;
@@ -35,7 +35,7 @@ const MAX_CLEAR_ROUNDS: usize = 4;
 #[derive(Clone)]
 pub struct LeaseService {
     proposer: Proposer,
-    engine: Engine,
+    view: StoreView,
     header: Header,
     lessor: Arc<Lessor>,
     ids: Arc<IdGenerator>,
@@ -46,7 +46,7 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(
         proposer: Proposer,
-        engine: Engine,
+        view: StoreView,
         header: Header,
         lessor: Arc<Lessor>,
         min_ttl: i64,
@@ -55,7 +55,7 @@ impl LeaseService {
         LeaseService {
             ids: Arc::new(IdGenerator::new(header.member_id)),
             proposer,
-            engine,
+            view,
             header,
             lessor,
             min_ttl,
@@ -183,8 +183,8 @@ impl Lease for LeaseService {
             },
             Some((granted_ttl, ttl)) => {
                 let keys = if r.keys {
-                    let engine = self.engine.clone();
-                    blocking(move || Ok(lease::store::keys(&engine, r.id)?)).await?
+                    let view = self.view.clone();
+                    blocking(move || Ok(view.lease_keys(r.id)?)).await?
                 } else {
                     Vec::new()
                 };

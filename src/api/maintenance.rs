@@ -7,9 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, Header};
 use crate::config::ETCD_VERSION;
-use crate::error::{unimplemented, ServerError};
-use crate::mvcc::key::decode_kv_key;
-use crate::mvcc::store::Revisions;
+use crate::error::unimplemented;
+use crate::mvcc::view::StoreView;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
@@ -17,40 +16,17 @@ use crate::proto::etcdserverpb::{
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::raft::Proposer;
-use crate::storage::{Cf, Cursor, Engine, ReadView};
 
 pub struct MaintenanceService {
     proposer: Proposer,
-    engine: Engine,
+    view: StoreView,
     header: Header,
 }
 
 impl MaintenanceService {
-    pub fn new(proposer: Proposer, engine: Engine, header: Header) -> Self {
-        MaintenanceService {
-            proposer,
-            engine,
-            header,
-        }
+    pub fn new(proposer: Proposer, view: StoreView, header: Header) -> Self {
+        MaintenanceService { proposer, view, header }
     }
-}
-
-/// CRC-32C over the given column families' records, in key order.
-fn hash_cfs(view: &impl ReadView, cfs: &[Cf], keep: impl Fn(Cf, &[u8]) -> bool) -> Result<u32, ServerError> {
-    let mut crc = 0u32;
-    for &cf in cfs {
-        let mut cur = view.cursor(cf);
-        cur.seek(&[]);
-        while cur.valid() {
-            if keep(cf, cur.key()) {
-                crc = crc32c::crc32c_append(crc, cur.key());
-                crc = crc32c::crc32c_append(crc, cur.value());
-            }
-            cur.next();
-        }
-        cur.status()?;
-    }
-    Ok(crc)
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -70,8 +46,8 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let metrics = self.proposer.raft().metrics().borrow().clone();
-        let engine = self.engine.clone();
-        let db_size = blocking(move || Ok(engine.approximate_size())).await? as i64;
+        let view = self.view.clone();
+        let db_size = blocking(move || Ok(view.approximate_size())).await? as i64;
         let mut resp = StatusResponse {
             version: ETCD_VERSION.to_string(),
             db_size,
@@ -92,12 +68,8 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let engine = self.engine.clone();
-        let hash = blocking(move || {
-            let snap = engine.snapshot();
-            hash_cfs(&snap, &[Cf::Kv, Cf::Rev], |_, _| true)
-        })
-        .await?;
+        let view = self.view.clone();
+        let hash = blocking(move || Ok(view.hash()?)).await?;
         let mut resp = HashResponse { header: None, hash };
         self.header.fill(&mut resp.header)?;
         Ok(Response::new(resp))
@@ -105,22 +77,12 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let requested = request.into_inner().revision;
-        let engine = self.engine.clone();
-        let (hash, revs) = blocking(move || {
-            let snap = engine.snapshot();
-            let revs = Revisions::read(&snap)?;
-            let at = revs.read_at(requested)?;
-            // Every kept version at or below the revision: equal on members with equal history.
-            let hash = hash_cfs(&snap, &[Cf::Kv], |_, key| {
-                decode_kv_key(key).is_some_and(|(_, rev)| rev <= at)
-            })?;
-            Ok((hash, revs))
-        })
-        .await?;
+        let view = self.view.clone();
+        let kv_hash = blocking(move || Ok(view.hash_kv(requested)?)).await?;
         let mut resp = HashKvResponse {
             header: None,
-            hash,
-            compact_revision: revs.compacted,
+            hash: kv_hash.hash,
+            compact_revision: kv_hash.compact_revision,
         };
         self.header.fill(&mut resp.header)?;
         Ok(Response::new(resp))

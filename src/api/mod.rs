@@ -1,5 +1,6 @@
 //! The gRPC API: one file per etcd service, translating protos to calls on consensus and
-//! storage. Handlers validate, route (local read or proposal), map errors and fill headers.
+//! the mvcc read facade (`mvcc::view`). Handlers validate, route (local read or proposal),
+//! map errors and fill headers.
 
 pub mod cluster;
 pub mod kv;
@@ -10,11 +11,10 @@ pub mod watch;
 
 use crate::apply::RaftResponse;
 use crate::error::ServerError;
-use crate::mvcc::store::Revisions;
+use crate::mvcc::view::StoreView;
 use crate::proto::cairnpb::{raft_request, RaftRequest};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::raft::{typ, Proposer};
-use crate::storage::Engine;
 
 /// Fills response headers as etcd's `header.fill` does: cluster and member ids, the raft
 /// term, and the current revision when the handler left it 0.
@@ -23,16 +23,16 @@ pub struct Header {
     pub cluster_id: u64,
     pub member_id: u64,
     raft: typ::Raft,
-    engine: Engine,
+    view: StoreView,
 }
 
 impl Header {
-    pub fn new(cluster_id: u64, member_id: u64, raft: typ::Raft, engine: Engine) -> Self {
+    pub fn new(cluster_id: u64, member_id: u64, raft: typ::Raft, view: StoreView) -> Self {
         Header {
             cluster_id,
             member_id,
             raft,
-            engine,
+            view,
         }
     }
 
@@ -56,13 +56,13 @@ impl Header {
         h.member_id = self.member_id;
         h.raft_term = self.raft_term();
         if h.revision == 0 {
-            h.revision = Revisions::read(&self.engine)?.current;
+            h.revision = self.view.revisions()?.current;
         }
         Ok(())
     }
 }
 
-/// Runs blocking storage work (reads, scans, hashing) off the async workers.
+/// Runs blocking reads (RocksDB gets, scans, hashing) off the async workers.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ServerError> {

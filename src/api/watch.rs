@@ -1,12 +1,12 @@
 //! etcd's Watch service: one task per stream owns its watchers, feeds synced watchers from
-//! the hub's live ring and lets the others catch up from storage in bounded batches.
+//! the hub's live ring and lets the others catch up from history in bounded batches.
 //!
 //! A watcher's `next` is the first revision it has not been sent. With `stream_rev` the last
 //! live revision this stream processed, a watcher is *synced* when `next > stream_rev`: it
 //! has everything up to there and takes the following revisions live. Otherwise it reads
 //! history until it passes `stream_rev`. Live revisions below a watcher's `next` are
 //! skipped, so nothing is sent twice; a gap in the live ring (a lagging stream) leaves the
-//! affected watchers behind `stream_rev`, so they read the gap from storage.
+//! affected watchers behind `stream_rev`, so they read the gap from history.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,14 +17,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{blocking, Header};
-use crate::error::ServerError;
+use crate::mvcc::history::{History, HistoryLimits};
+use crate::mvcc::view::StoreView;
 use crate::mvcc::{Event, EventType, KeyRange, Revision};
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
-use crate::storage::Engine;
-use crate::watch::{read_history, History, HistoryLimits, Hub};
+use crate::watch::Hub;
 
 /// Responses buffered towards one client before the stream task waits for it.
 const OUTBOUND_RESPONSES: usize = 16;
@@ -42,7 +42,7 @@ const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
 #[derive(Clone)]
 pub struct WatchService {
-    engine: Engine,
+    view: StoreView,
     hub: Hub,
     header: Header,
     progress_interval: Duration,
@@ -50,9 +50,9 @@ pub struct WatchService {
 }
 
 impl WatchService {
-    pub fn new(engine: Engine, hub: Hub, header: Header, progress_interval: Duration, fragment_bytes: usize) -> Self {
+    pub fn new(view: StoreView, hub: Hub, header: Header, progress_interval: Duration, fragment_bytes: usize) -> Self {
         WatchService {
-            engine,
+            view,
             hub,
             header,
             progress_interval,
@@ -161,7 +161,7 @@ impl StreamTask {
                 },
                 live = ring.recv() => match live {
                     Ok(rev) => self.deliver_live(&rev).await,
-                    // Missed revisions: the watchers left behind read them from storage.
+                    // Missed revisions: the watchers left behind read them from history.
                     Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),
                 },
@@ -317,7 +317,7 @@ impl StreamTask {
             fragment: c.fragment,
         };
         // A watcher starting after the last processed live revision is synced: everything
-        // from its start will arrive live (or be found missing and read from storage).
+        // from its start will arrive live (or be found missing and read from history).
         self.watchers.insert(id, watcher);
         let resp = WatchResponse {
             header: self.header(current),
@@ -352,7 +352,7 @@ impl StreamTask {
             }
         }
         // After a gap (a lagging stream), watchers still waiting for an earlier revision are
-        // now behind `stream_rev` and read the gap from storage.
+        // now behind `stream_rev` and read the gap from history.
         self.stream_rev = rev.revision;
         for (id, fragment, events) in sends {
             self.send_events(id, fragment, rev.revision, events).await?;
@@ -364,13 +364,11 @@ impl StreamTask {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
-        let (engine, range, from, prev) = (self.svc.engine.clone(), w.range.clone(), w.next, w.prev_kv);
-        let history =
-            blocking(move || read_history(&engine, &range, from, HISTORY_LIMITS, prev).map_err(ServerError::from))
-                .await;
+        let (view, range, from, prev) = (self.svc.view.clone(), w.range.clone(), w.next, w.prev_kv);
+        let history = blocking(move || Ok(view.history(&range, from, HISTORY_LIMITS, prev)?)).await;
         match history {
             Err(e) => {
-                // Storage failed: the watcher cannot be served; tell the client, as a cancel.
+                // The read failed: the watcher cannot be served; tell the client, as a cancel.
                 self.watchers.remove(&id);
                 let resp = WatchResponse {
                     header: self.header(self.svc.hub.current()),

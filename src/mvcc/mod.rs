@@ -5,13 +5,17 @@
 //! - `ops`: Range, Put, DeleteRange, Txn and Compact exactly as etcd's applier runs them; both
 //!   the apply path and local reads call it.
 //! - `compaction`: removing superseded versions.
+//! - `history`: the changes from a revision on, for watchers catching up.
+//! - `view`: the read facade, the only way in for the API and watch.
 
 pub mod compaction;
-pub mod key;
+pub mod history;
+mod key;
 pub mod ops;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 pub use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 

@@ -31,7 +31,7 @@ fn encode_put(kv: &KeyValue) -> Vec<u8> {
     out
 }
 
-pub(crate) fn is_tombstone(raw: &[u8]) -> storage::Result<bool> {
+pub(super) fn is_tombstone(raw: &[u8]) -> storage::Result<bool> {
     match raw.first() {
         Some(&RECORD_PUT) => Ok(false),
         Some(&RECORD_TOMBSTONE) => Ok(true),
@@ -39,7 +39,7 @@ pub(crate) fn is_tombstone(raw: &[u8]) -> storage::Result<bool> {
     }
 }
 
-pub(crate) fn decode_put(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
+pub(super) fn decode_put(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
     let mut kv = KeyValue::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
     kv.key = key;
     Ok(kv)

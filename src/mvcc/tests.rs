@@ -16,13 +16,13 @@ impl LeaseLookup for NoLeases {
     }
 }
 
-fn engine() -> (tempfile::TempDir, Engine) {
+pub(super) fn engine() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), None).unwrap();
     (dir, engine)
 }
 
-fn put(engine: &Engine, key: &str, value: &str) -> i64 {
+pub(super) fn put(engine: &Engine, key: &str, value: &str) -> i64 {
     let mut txn = WriteTxn::begin(engine).unwrap();
     let req = PutRequest {
         key: key.into(),
@@ -38,7 +38,7 @@ fn put(engine: &Engine, key: &str, value: &str) -> i64 {
     rev
 }
 
-fn delete(engine: &Engine, key: &str, range_end: &str) -> i64 {
+pub(super) fn delete(engine: &Engine, key: &str, range_end: &str) -> i64 {
     let mut txn = WriteTxn::begin(engine).unwrap();
     let req = DeleteRangeRequest {
         key: key.into(),
@@ -68,7 +68,7 @@ fn revs_of(engine: &Engine) -> Revisions {
 
 /// Schedules a compaction as apply does, then runs the compactor's steps to the end,
 /// two keys a step so that resuming between steps is exercised.
-fn compact(engine: &Engine, to: i64) {
+pub(super) fn compact(engine: &Engine, to: i64) {
     let mut txn = WriteTxn::begin(engine).unwrap();
     let revs = txn.reader().revisions();
     revs.check_compaction(to).unwrap();

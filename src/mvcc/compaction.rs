@@ -23,14 +23,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::key::{decode_kv_key, decode_rev_key, kv_key, rev_key, user_key_prefix};
+use super::key::{after_all_versions, decode_rev_key, kv_key, rev_key, user_key_prefix};
 use super::store::{is_tombstone, Revisions};
 use super::{Revision, NEVER_COMPACTED};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 
-/// Keys visited per step: bounds one step's reads, its batch and how long it runs.
+/// Keys visited per step: with `STEP_SCAN`, bounds one step's reads, its batch and how long
+/// it runs.
 const STEP_KEYS: usize = 1000;
+/// `rev` entries scanned per step, at most (many changes to few keys).
+const STEP_SCAN: usize = 10_000;
+/// A key's superseded versions deleted one by one before the rest go in one range deletion.
+const POINT_DELETES: usize = 64;
 /// A pause between steps, leaving the disk and the cores to the foreground.
 const STEP_PAUSE: Duration = Duration::from_millis(2);
 
@@ -63,33 +68,44 @@ pub enum Step {
 }
 
 /// Removes the versions that one key no longer needs at `target`: every version older than
-/// its newest at or below `target`, and that one too if it is a tombstone.
+/// its newest at or below `target`, and that one too if it is a tombstone. Older versions
+/// beyond `POINT_DELETES` go in one range deletion, so a key with a million versions costs
+/// a step no more than one with two.
 fn compact_key(engine: &Engine, batch: &mut WriteBatch, key: &[u8], target: Revision) -> storage::Result<()> {
     let prefix = user_key_prefix(key);
+    let same_key = |raw: &[u8]| raw.starts_with(&prefix) && raw.len() == prefix.len() + 8;
     let mut cur = engine.cursor(Cf::Kv);
     cur.seek(&kv_key(key, target));
-    let mut newest = true;
-    while cur.valid() && cur.key().starts_with(&prefix) && cur.key().len() == prefix.len() + 8 {
-        let (_, main) = decode_kv_key(cur.key()).ok_or_else(|| storage::Error::corrupt(Cf::Kv, "malformed key"))?;
-        debug_assert!(main <= target);
-        if !newest || is_tombstone(cur.value())? {
-            batch.delete(Cf::Kv, cur.key());
+    if !cur.valid() || !same_key(cur.key()) {
+        return cur.status();
+    }
+    if is_tombstone(cur.value())? {
+        batch.delete(Cf::Kv, cur.key());
+    }
+    cur.next();
+    let mut deleted = 0;
+    while cur.valid() && same_key(cur.key()) {
+        if deleted == POINT_DELETES {
+            batch.delete_range(Cf::Kv, cur.key(), &after_all_versions(&prefix));
+            break;
         }
-        newest = false;
+        batch.delete(Cf::Kv, cur.key());
+        deleted += 1;
         cur.next();
     }
     cur.status()
 }
 
 /// One bounded step of the physical compaction, from the `rev` key `from` (empty: the
-/// start): visits up to `max_keys` keys, writes their deletions and drops the visited `rev`
-/// entries below the target in one batch.
+/// start): visits up to `max_keys` keys (scanning at most ten `rev` entries per key allowed),
+/// writes their deletions and drops the visited `rev` entries below the target in one batch.
 pub fn step(engine: &Engine, from: &[u8], max_keys: usize) -> storage::Result<Step> {
     let target = Revisions::read(engine)?.compacted;
     if target <= finished(engine)? {
         return Ok(Step::Idle);
     }
     let mut keys = BTreeSet::new();
+    let mut scanned = 0;
     let mut resume = None;
     let mut cur = engine.cursor(Cf::Rev);
     cur.seek(from);
@@ -102,11 +118,12 @@ pub fn step(engine: &Engine, from: &[u8], max_keys: usize) -> storage::Result<St
             .value()
             .get(1..)
             .ok_or_else(|| storage::Error::corrupt(Cf::Rev, "empty value"))?;
-        if keys.len() >= max_keys && !keys.contains(key) {
+        if scanned >= max_keys * (STEP_SCAN / STEP_KEYS) || (keys.len() >= max_keys && !keys.contains(key)) {
             resume = Some(cur.key().to_vec());
             break;
         }
         keys.insert(key.to_vec());
+        scanned += 1;
         cur.next();
     }
     cur.status()?;

@@ -316,8 +316,8 @@ fn rss_kib(node: &Node) -> i64 {
 }
 
 /// A revision too large for the hub's ring (256 KiB a slot) reaches live watchers through
-/// storage: all its events, in one response, with previous versions, in order with the
-/// revisions around it.
+/// storage, exactly as etcd sends it live: all its events in one response, with previous
+/// versions and its own revision in the header, in order with the revisions around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_too_large_for_the_ring_is_delivered_whole() {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -357,6 +357,8 @@ async fn a_revision_too_large_for_the_ring_is_delivered_whole() {
         ]
     );
     assert_eq!(r.events()[0].prev_kv().unwrap().value(), b"old");
+    // As etcd sends it live: the header names the revision itself, not a later one.
+    assert_eq!(r.header().unwrap().revision(), 3);
     let r = next(&mut s).await;
     assert_eq!(r.events().len(), 1);
     assert_eq!(r.events()[0].kv().unwrap().mod_revision(), 4);

@@ -35,6 +35,11 @@ const HISTORY_LIMITS: HistoryLimits = HistoryLimits {
     bytes: 2 << 20,
     scanned: 1_000_000,
 };
+/// One revision's events, whatever their size (reads cut only between revisions).
+const ONE_REVISION: HistoryLimits = HistoryLimits {
+    revisions: 1,
+    ..HISTORY_LIMITS
+};
 /// etcd's `InvalidWatchID`.
 const INVALID_WATCH_ID: i64 = -1;
 const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
@@ -333,10 +338,7 @@ impl StreamTask {
             return Ok(());
         }
         if rev.spilled {
-            // Too large for the ring: watchers waiting for it are now behind `stream_rev`
-            // and read it from storage, as after a gap.
-            self.stream_rev = rev.revision;
-            return Ok(());
+            return self.deliver_spilled(rev.revision).await;
         }
         // Watchers synced before this revision get it live; the others stay behind.
         let mut sends = Vec::new();
@@ -357,6 +359,46 @@ impl StreamTask {
         for (id, fragment, events) in sends {
             self.send_events(id, fragment, rev.revision, events).await?;
         }
+        Ok(())
+    }
+
+    /// A revision too large for the hub's ring: each watcher waiting for it reads just that
+    /// revision from storage and gets it exactly as it would have live (etcd sends it live,
+    /// with the revision itself in the header). A watcher whose read fails or finds the
+    /// revision compacted stays behind and goes through `catch_up`, which reports that.
+    async fn deliver_spilled(&mut self, revision: Revision) -> Result<(), Closed> {
+        let waiting: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.compacted && w.next == revision)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
+            let (view, range, prev) = (self.svc.view.clone(), w.range.clone(), w.prev_kv);
+            let history = blocking(move || Ok(view.history(&range, revision, ONE_REVISION, prev)?)).await;
+            let Ok(History::Events { events, .. }) = history else {
+                continue;
+            };
+            let Some(w) = self.watchers.get_mut(&id) else {
+                continue;
+            };
+            w.next = revision + 1;
+            // The read runs on to the first revision with a match; only this one is due now.
+            let this_revision: Vec<Event> = events
+                .into_iter()
+                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision == revision))
+                .collect();
+            let events = w.select(&this_revision);
+            let fragment = w.fragment;
+            if !events.is_empty() {
+                w.idle = false;
+                self.send_events(id, fragment, revision, events).await?;
+            }
+        }
+        self.stream_rev = revision;
         Ok(())
     }
 

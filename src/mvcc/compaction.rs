@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::key::{after_all_versions, decode_rev_key, kv_key, rev_key, user_key_prefix};
-use super::store::{is_tombstone, Revisions};
+use super::store::{is_tombstone, read_i64, Revisions};
 use super::{Revision, NEVER_COMPACTED};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
@@ -46,14 +46,7 @@ pub fn schedule(batch: &mut WriteBatch, to: Revision) {
 
 /// The revision up to which compaction is physically done.
 pub fn finished(view: &impl ReadView) -> storage::Result<Revision> {
-    match view.get(Cf::Meta, meta::COMPACT_FINISHED)? {
-        None => Ok(NEVER_COMPACTED),
-        Some(raw) => raw
-            .as_slice()
-            .try_into()
-            .map(i64::from_be_bytes)
-            .map_err(|_| storage::Error::corrupt(Cf::Meta, "revision is not 8 bytes")),
-    }
+    read_i64(view, meta::COMPACT_FINISHED, NEVER_COMPACTED)
 }
 
 /// What one [`step`] did.

@@ -53,7 +53,8 @@ pub(crate) fn rev_value(tombstone: bool, key: &[u8]) -> Vec<u8> {
     out
 }
 
-fn read_i64(view: &impl ReadView, key: &[u8], default: i64) -> storage::Result<i64> {
+/// A revision kept in `meta` (i64, big-endian), or `default` when absent.
+pub(super) fn read_i64(view: &impl ReadView, key: &[u8], default: i64) -> storage::Result<i64> {
     match view.get(Cf::Meta, key)? {
         None => Ok(default),
         Some(raw) => raw

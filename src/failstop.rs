@@ -64,10 +64,14 @@ impl FailStop {
         }
     }
 
-    /// Sets what is flushed before the exit (replacing an earlier setting).
-    pub fn on_exit(&self, flush: impl FnOnce() + Send + 'static) {
+    /// Sets what is flushed before the exit, for as long as the returned guard lives: what
+    /// the flush holds (the storage engine) must not outlive an orderly shutdown, since the
+    /// panic hook keeps this `FailStop` until the process ends.
+    #[must_use = "the flush is dropped with the guard"]
+    pub fn on_exit(&self, flush: impl FnOnce() + Send + 'static) -> FlushGuard {
         let mut slot = self.inner.flush.lock().unwrap_or_else(|p| p.into_inner());
         *slot = Some(Box::new(flush));
+        FlushGuard(self.clone())
     }
 
     pub fn is_tripped(&self) -> bool {
@@ -118,6 +122,15 @@ impl FailStop {
             inner,
             failstop: failstop.clone(),
         })
+    }
+}
+
+/// See [`FailStop::on_exit`].
+pub struct FlushGuard(FailStop);
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        drop(self.0.inner.flush.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 
@@ -205,6 +218,19 @@ mod tests {
         assert!(fs.is_tripped());
         assert_eq!(waiter.await.ok().as_deref(), Some("disk on fire"));
         assert_eq!(fs.tripped().await, "disk on fire");
+    }
+
+    #[test]
+    fn the_flush_goes_with_its_guard() {
+        let fs = FailStop::with_exit(false);
+        let held = Arc::new(());
+        let guard = fs.on_exit({
+            let held = held.clone();
+            move || drop(held)
+        });
+        assert_eq!(Arc::strong_count(&held), 2);
+        drop(guard);
+        assert_eq!(Arc::strong_count(&held), 1);
     }
 
     #[tokio::test]

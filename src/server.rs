@@ -178,7 +178,8 @@ pub async fn run(
         })?;
     }
     let engine = Engine::open(&db_dir, config.wal_dir.as_deref())?;
-    failstop.on_exit({
+    // Cleared when `run` returns, so the engine is closed by an orderly shutdown.
+    let _flush_on_fatal = failstop.on_exit({
         let engine = engine.clone();
         move || {
             if let Err(e) = engine.sync_wal() {

@@ -18,7 +18,7 @@
 //! at or above `C` sees every key either before or after its step.
 
 use std::collections::BTreeSet;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -154,16 +154,17 @@ pub struct Compactor {
     inner: Arc<Inner>,
 }
 
+/// `Option`s only so that `drop` can close the wake queue before joining the thread.
 struct Inner {
-    wake: Mutex<Option<mpsc::SyncSender<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    wake: Option<mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     finished: watch::Receiver<Revision>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.wake.get_mut().ok().and_then(|w| w.take()));
-        if let Some(thread) = self.thread.get_mut().ok().and_then(|t| t.take()) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -183,8 +184,8 @@ impl Compactor {
         let _ = wake_tx.try_send(());
         Ok(Compactor {
             inner: Arc::new(Inner {
-                wake: Mutex::new(Some(wake_tx)),
-                thread: Mutex::new(Some(thread)),
+                wake: Some(wake_tx),
+                thread: Some(thread),
                 finished: finished_rx,
             }),
         })
@@ -192,7 +193,7 @@ impl Compactor {
 
     /// A compaction was applied: start on it (a wake already pending covers it).
     pub fn wake(&self) {
-        if let Some(wake) = self.inner.wake.lock().ok().and_then(|w| w.clone()) {
+        if let Some(wake) = &self.inner.wake {
             let _ = wake.try_send(());
         }
     }

@@ -7,7 +7,7 @@
 //! stays a few jobs deep, and `IO_QUEUE` bounds it regardless.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openraft::StorageIOError;
 use tokio::sync::{mpsc, oneshot};
@@ -27,15 +27,16 @@ pub struct IoThread {
     inner: Arc<Inner>,
 }
 
+/// `Option`s only so that `drop` can close the queue before joining the thread.
 struct Inner {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.jobs.get_mut().ok().and_then(|jobs| jobs.take()));
-        if let Some(thread) = self.thread.get_mut().ok().and_then(|t| t.take()) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -51,8 +52,8 @@ impl IoThread {
         })?;
         Ok(IoThread {
             inner: Arc::new(Inner {
-                jobs: Mutex::new(Some(tx)),
-                thread: Mutex::new(Some(thread)),
+                jobs: Some(tx),
+                thread: Some(thread),
             }),
         })
     }
@@ -65,8 +66,7 @@ impl IoThread {
         f: impl FnOnce() -> Result<T, typ::StorageError> + Send + 'static,
     ) -> Result<T, typ::StorageError> {
         let failed = |what: &str| typ::StorageError::from(subject(&std::io::Error::other(what.to_string())));
-        let jobs = self.inner.jobs.lock().ok().and_then(|jobs| jobs.clone());
-        let Some(jobs) = jobs else {
+        let Some(jobs) = &self.inner.jobs else {
             return Err(failed("storage thread stopped"));
         };
         let (tx, rx) = oneshot::channel();
@@ -84,6 +84,8 @@ impl IoThread {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     const SUBJECT: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOError::write_logs(e);

@@ -8,7 +8,7 @@
 //! skipped, so nothing is sent twice; a gap in the live ring (a lagging stream) leaves the
 //! affected watchers behind `stream_rev`, so they read the gap from history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use prost::Message;
@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{blocking, Header};
 use crate::mvcc::history::{History, HistoryLimits};
 use crate::mvcc::view::StoreView;
-use crate::mvcc::{Event, EventType, KeyRange, Revision};
+use crate::mvcc::{Event, EventType, KeyRange, KeyValue, Revision};
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
@@ -350,16 +350,47 @@ impl StreamTask {
             let events = w.select(&rev.events);
             if !events.is_empty() {
                 w.idle = false;
-                sends.push((*id, w.fragment, events));
+                sends.push((*id, w.fragment, w.prev_kv, events));
             }
         }
         // After a gap (a lagging stream), watchers still waiting for an earlier revision are
         // now behind `stream_rev` and read the gap from history.
         self.stream_rev = rev.revision;
-        for (id, fragment, events) in sends {
+        self.fill_deleted_prev(rev.revision, &mut sends).await;
+        for (id, fragment, _, events) in sends {
             self.send_events(id, fragment, rev.revision, events).await?;
         }
         Ok(())
+    }
+
+    /// Deletes are applied without reading values, so their live events carry no previous
+    /// version: for the watchers that asked for one, it is read here, once per key for all
+    /// of them. As in etcd's watch stream, a failed read sends the event without it.
+    async fn fill_deleted_prev(&self, revision: Revision, sends: &mut [(i64, bool, bool, Vec<Event>)]) {
+        let lacking = |e: &Event| e.r#type == EventType::Delete as i32 && e.prev_kv.is_none();
+        let keys: BTreeSet<Vec<u8>> = sends
+            .iter()
+            .filter(|(_, _, prev, _)| *prev)
+            .flat_map(|(_, _, _, events)| events.iter().filter(|e| lacking(e)))
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone()))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let view = self.svc.view.clone();
+        let found = blocking(move || Ok(view.previous_versions(keys.into_iter().collect(), revision)?)).await;
+        let prevs: BTreeMap<Vec<u8>, KeyValue> = match found {
+            Ok(found) => found.into_iter().filter_map(|(k, kv)| kv.map(|kv| (k, kv))).collect(),
+            Err(e) => {
+                tracing::warn!(revision, error = %e, "reading the previous versions of deleted keys for watchers failed");
+                return;
+            }
+        };
+        for (_, _, _, events) in sends.iter_mut().filter(|(_, _, prev, _)| *prev) {
+            for e in events.iter_mut().filter(|e| lacking(e)) {
+                e.prev_kv = e.kv.as_ref().and_then(|kv| prevs.get(&kv.key).cloned());
+            }
+        }
     }
 
     /// A revision too large for the hub's ring: each watcher waiting for it reads just that

@@ -122,7 +122,7 @@ pub(super) fn read(
 }
 
 /// The live version of `key` just before revision `rev`, if any.
-fn previous_version(view: &impl ReadView, key: &[u8], rev: Revision) -> storage::Result<Option<KeyValue>> {
+pub(super) fn previous_version(view: &impl ReadView, key: &[u8], rev: Revision) -> storage::Result<Option<KeyValue>> {
     let prefix = user_key_prefix(key);
     let mut cur = view.cursor(Cf::Kv);
     cur.seek(&kv_key(key, rev - 1));

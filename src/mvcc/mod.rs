@@ -81,6 +81,8 @@ pub struct RangeOptions {
     /// Read at this revision; 0 (or less) means the current one.
     pub rev: Revision,
     pub count_only: bool,
+    /// The kvs without their values (etcd's `keys_only`): values are never decoded.
+    pub keys_only: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -189,6 +189,7 @@ pub fn range(t: &impl KvRead, r: &RangeRequest) -> Result<RangeResponse, KvError
         limit: usize::try_from(limit).unwrap_or(usize::MAX),
         rev: r.revision,
         count_only: r.count_only,
+        keys_only: r.keys_only,
     };
     let rr = t.range(&KeyRange::from_request(&r.key, &r.range_end), &opts)?;
     let mut kvs = rr.kvs;
@@ -216,6 +217,7 @@ pub fn range(t: &impl KvRead, r: &RangeRequest) -> Result<RangeResponse, KvError
         more = true;
     }
     if r.keys_only {
+        // Already without values when read from storage; a txn's own writes still have them.
         kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     Ok(RangeResponse {

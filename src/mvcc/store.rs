@@ -39,10 +39,86 @@ pub(super) fn is_tombstone(raw: &[u8]) -> storage::Result<bool> {
     }
 }
 
+/// The lease field of a stored `KeyValue` (tag 6 in `mvccpb.KeyValue`) alone: prost skips
+/// the other fields, the value among them, without copying them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredLease {
+    #[prost(int64, tag = "6")]
+    lease: i64,
+}
+
+fn decode_lease(raw: &[u8]) -> storage::Result<i64> {
+    StoredLease::decode(&raw[1..])
+        .map(|l| l.lease)
+        .map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))
+}
+
 pub(super) fn decode_put(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
     let mut kv = KeyValue::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
     kv.key = key;
     Ok(kv)
+}
+
+/// The fields of a stored `KeyValue` but its value (tag 5), which prost skips uncopied.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredHeader {
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
+}
+
+/// A stored version without its value, for `keys_only` reads.
+fn decode_put_keys_only(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
+    let h = StoredHeader::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
+    Ok(KeyValue {
+        key,
+        create_revision: h.create_revision,
+        mod_revision: h.mod_revision,
+        version: h.version,
+        value: Vec::new(),
+        lease: h.lease,
+    })
+}
+
+/// A `kv` key's encoded user key and main revision.
+fn split_kv_key(raw: &[u8]) -> storage::Result<(&[u8], Revision)> {
+    if raw.len() < 10 {
+        return Err(storage::Error::corrupt(Cf::Kv, "malformed key"));
+    }
+    let (enc, rev) = raw.split_at(raw.len() - 8);
+    let rev: [u8; 8] = rev
+        .try_into()
+        .map_err(|_| storage::Error::corrupt(Cf::Kv, "malformed key"))?;
+    Ok((enc, !u64::from_be_bytes(rev) as Revision))
+}
+
+fn user_key_of(kv_key: &[u8]) -> storage::Result<Vec<u8>> {
+    decode_kv_key(kv_key)
+        .map(|(key, _)| key)
+        .ok_or_else(|| storage::Error::corrupt(Cf::Kv, "malformed key"))
+}
+
+/// `next`s past the versions of the user key encoded as `prefix` for which `skip` holds, a
+/// few at most (a seek is cheaper past many). True when the cursor left them behind (on
+/// another key, another version, or the end); false when the caller should seek.
+fn skip_while(cur: &mut impl Cursor, prefix: &[u8], skip: impl Fn(Revision) -> bool) -> storage::Result<bool> {
+    const MAX_NEXTS: usize = 8;
+    for _ in 0..MAX_NEXTS {
+        cur.next();
+        if !cur.valid() {
+            return Ok(true);
+        }
+        let (enc, main) = split_kv_key(cur.key())?;
+        if enc != prefix || !skip(main) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `rev` values: the change kind, then the user key.
@@ -153,49 +229,99 @@ impl<'v, V: ReadView> Reader<'v, V> {
         self.revs
     }
 
-    /// Live keys of `range` at revision `at`, in key order: at most `limit` kvs (0 = all),
-    /// and the count of all of them.
-    pub fn scan(
+    /// Live keys of `range` at revision `at` (`opts.rev` is the caller's to resolve), in key
+    /// order: at most `opts.limit` kvs (0 = all), shaped as `opts` asks, and the count of all
+    /// of them. Keys past the limit are counted without being decoded.
+    pub fn scan(&self, range: &KeyRange, at: Revision, opts: &RangeOptions) -> storage::Result<(Vec<KeyValue>, i64)> {
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        self.visit_live(range, at, |kv_key, raw| {
+            count += 1;
+            if !opts.count_only && (opts.limit == 0 || kvs.len() < opts.limit) {
+                let key = user_key_of(kv_key)?;
+                kvs.push(if opts.keys_only {
+                    decode_put_keys_only(key, raw)?
+                } else {
+                    decode_put(key, raw)?
+                });
+            }
+            Ok(())
+        })?;
+        Ok((kvs, count))
+    }
+
+    /// The live keys of `range` at revision `at`, in key order, each with its lease: what a
+    /// delete needs, without decoding (or copying) a single value.
+    pub fn live_keys(&self, range: &KeyRange, at: Revision) -> storage::Result<Vec<(Vec<u8>, i64)>> {
+        let mut keys = Vec::new();
+        self.visit_live(range, at, |kv_key, raw| {
+            keys.push((user_key_of(kv_key)?, decode_lease(raw)?));
+            Ok(())
+        })?;
+        Ok(keys)
+    }
+
+    /// Calls `f` with the `kv` key and the raw record of the version live at revision `at`
+    /// of each key of `range`, in key order.
+    ///
+    /// The scan steps with `next` and compares encoded keys (memcomparable keeps their
+    /// order), so a key costs no allocation unless `f` decodes it. Past versions are
+    /// skipped with a few `next`s, and with one seek only when a key has many of them.
+    fn visit_live(
         &self,
         range: &KeyRange,
         at: Revision,
-        limit: usize,
-        count_only: bool,
-    ) -> storage::Result<(Vec<KeyValue>, i64)> {
-        let mut kvs = Vec::new();
-        let mut count = 0i64;
+        mut f: impl FnMut(&[u8], &[u8]) -> storage::Result<()>,
+    ) -> storage::Result<()> {
+        let (single, end) = match range {
+            KeyRange::Single(k) => (true, Some(user_key_prefix(k))),
+            KeyRange::Span { end, .. } => (false, end.as_deref().map(user_key_prefix)),
+        };
+        // The encoded user key the cursor is on (reused: no allocation per key).
+        let mut prefix = Vec::new();
         let mut cur = self.view.cursor(Cf::Kv);
         cur.seek(&user_key_prefix(range.start()));
         while cur.valid() {
-            let (user_key, main) =
-                decode_kv_key(cur.key()).ok_or_else(|| storage::Error::corrupt(Cf::Kv, "malformed key"))?;
-            if range.is_past(&user_key) {
+            let (enc, main) = split_kv_key(cur.key())?;
+            let past = match (&end, single) {
+                (Some(key), true) => enc != key.as_slice(),
+                (Some(end), false) => enc >= end.as_slice(),
+                (None, _) => false,
+            };
+            if past {
                 break;
             }
+            prefix.clear();
+            prefix.extend_from_slice(enc);
             if main > at {
-                // Jump to the newest version at or below `at` (or to the next key).
-                cur.seek(&kv_key(&user_key, at));
+                // Newer than the read: step to the newest version at or below `at`.
+                if !skip_while(&mut cur, &prefix, |main| main > at)? {
+                    let mut target = prefix.clone();
+                    target.extend_from_slice(&(!(at as u64)).to_be_bytes());
+                    cur.seek(&target);
+                }
                 continue;
             }
             if !is_tombstone(cur.value())? {
-                count += 1;
-                if !count_only && (limit == 0 || kvs.len() < limit) {
-                    kvs.push(decode_put(user_key, cur.value())?);
-                }
+                f(cur.key(), cur.value())?;
             }
-            if matches!(range, KeyRange::Single(_)) {
+            if single {
                 break;
             }
-            let next = after_all_versions(&cur.key()[..cur.key().len() - 8]);
-            cur.seek(&next);
+            if !skip_while(&mut cur, &prefix, |_| true)? {
+                cur.seek(&after_all_versions(&prefix));
+            }
         }
-        cur.status()?;
-        Ok((kvs, count))
+        cur.status()
     }
 
     /// The live version of `key` now, if any.
     pub fn latest(&self, key: &[u8]) -> storage::Result<Option<KeyValue>> {
-        let (mut kvs, _) = self.scan(&KeyRange::Single(key.to_vec()), self.revs.current, 1, false)?;
+        let opts = RangeOptions {
+            limit: 1,
+            ..Default::default()
+        };
+        let (mut kvs, _) = self.scan(&KeyRange::Single(key.to_vec()), self.revs.current, &opts)?;
         Ok(kvs.pop())
     }
 }
@@ -209,7 +335,7 @@ impl<V: ReadView> KvRead for Reader<'_, V> {
     }
     fn range(&self, range: &KeyRange, opts: &RangeOptions) -> Result<RangeResult, KvError> {
         let at = self.revs.read_at(opts.rev)?;
-        let (kvs, count) = self.scan(range, at, opts.limit, opts.count_only)?;
+        let (kvs, count) = self.scan(range, at, opts)?;
         Ok(RangeResult {
             kvs,
             count,
@@ -237,7 +363,8 @@ pub struct WriteTxn<'e> {
     changes: i64,
     /// The state after this txn of every key it changed (`None` = deleted).
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
-    /// Watch events of the changes, in sub-revision order, each with its previous version.
+    /// Watch events of the changes, in sub-revision order: a put with its previous version
+    /// (read anyway, for its version count), a delete without.
     events: Vec<Event>,
 }
 
@@ -323,7 +450,7 @@ impl KvRead for WriteTxn<'_> {
         };
         let at = revs.read_at(opts.rev)?;
         if at <= self.begin_rev() {
-            let (kvs, count) = self.reader.scan(range, at, opts.limit, opts.count_only)?;
+            let (kvs, count) = self.reader.scan(range, at, opts)?;
             return Ok(RangeResult {
                 kvs,
                 count,
@@ -331,7 +458,7 @@ impl KvRead for WriteTxn<'_> {
             });
         }
         // Reading the txn's own revision: the state before it, with its changes laid over.
-        let (base, _) = self.reader.scan(range, self.begin_rev(), 0, false)?;
+        let (base, _) = self.reader.scan(range, self.begin_rev(), &RangeOptions::default())?;
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
             match state {
@@ -389,29 +516,38 @@ impl KvWrite for WriteTxn<'_> {
         Ok(rev)
     }
 
+    /// Reads the keys it deletes and their leases, never their values: watch events carry
+    /// no previous version (a watcher that wants it reads it, as etcd's watch stream does),
+    /// and a request asking for `prev_kv` reads the values itself (`ops::delete_range`).
     fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, Revision), KvError> {
         let rev = self.txn_rev();
-        let live = KvRead::range(self, range, &RangeOptions::default())?.kvs;
-        for kv in &live {
-            if kv.lease != NO_LEASE {
-                lease_store::detach(&mut self.batch, kv.lease, &kv.key);
+        let mut live: BTreeMap<Vec<u8>, i64> = self.reader.live_keys(range, self.begin_rev())?.into_iter().collect();
+        for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+            match state {
+                Some(kv) => live.insert(key.clone(), kv.lease),
+                None => live.remove(key),
+            };
+        }
+        let n = live.len() as i64;
+        for (key, lease) in live {
+            if lease != NO_LEASE {
+                lease_store::detach(&mut self.batch, lease, &key);
             }
-            self.batch.put(Cf::Kv, &kv_key(&kv.key, rev), &[RECORD_TOMBSTONE]);
+            self.batch.put(Cf::Kv, &kv_key(&key, rev), &[RECORD_TOMBSTONE]);
             self.batch
-                .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(true, &kv.key));
+                .put(Cf::Rev, &rev_key(rev, self.changes), &rev_value(true, &key));
             self.changes += 1;
-            self.overlay.insert(kv.key.clone(), None);
+            self.overlay.insert(key.clone(), None);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(KeyValue {
-                    key: kv.key.clone(),
+                    key,
                     mod_revision: rev,
                     ..Default::default()
                 }),
-                prev_kv: Some(kv.clone()),
+                prev_kv: None,
             });
         }
-        let n = live.len() as i64;
         Ok((n, self.last_rev()))
     }
 }

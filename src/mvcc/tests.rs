@@ -302,3 +302,125 @@ fn compaction_of_many_versions_of_one_key() {
     }
     assert_eq!(versions, 2, "only the newest version of each key is left");
 }
+
+#[test]
+fn delete_range_detaches_leases_and_sees_the_txns_own_writes_without_reading_values() {
+    let (_dir, engine) = engine();
+    let mut txn = WriteTxn::begin(&engine).unwrap();
+    txn.put(b"a", b"big".repeat(1000), 7).unwrap();
+    txn.put(b"b", b"v".to_vec(), 0).unwrap();
+    txn.put(b"d", b"v".to_vec(), 8).unwrap();
+    engine.write(txn.finish().0, false).unwrap();
+    let reader = Reader::new(&engine).unwrap();
+    let keys = reader
+        .live_keys(&KeyRange::from_request(b"a", b"z"), reader.revisions().current)
+        .unwrap();
+    assert_eq!(keys, vec![(b"a".to_vec(), 7), (b"b".to_vec(), 0), (b"d".to_vec(), 8)]);
+
+    // One txn over two revisions: a put of "c" with a lease, then a delete of the range,
+    // which must count and detach "c" from the txn's own overlay.
+    let mut txn = WriteTxn::begin(&engine).unwrap();
+    txn.put(b"c", b"v".to_vec(), 9).unwrap();
+    txn.next_revision();
+    let (deleted, rev) = txn.delete_range(&KeyRange::from_request(b"b", b"z")).unwrap();
+    assert_eq!((deleted, rev), (3, 4));
+    let (batch, events) = txn.finish();
+    engine.write(batch, false).unwrap();
+    let deletes: Vec<(&[u8], i64, bool)> = events
+        .iter()
+        .filter(|e| e.r#type == super::EventType::Delete as i32)
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (kv.key.as_slice(), kv.mod_revision, e.prev_kv.is_some())
+        })
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![(&b"b"[..], 4, false), (&b"c"[..], 4, false), (&b"d"[..], 4, false)]
+    );
+    for lease in [8, 9] {
+        assert!(
+            crate::lease::store::keys(&engine, lease).unwrap().is_empty(),
+            "lease {lease}"
+        );
+    }
+    assert_eq!(crate::lease::store::keys(&engine, 7).unwrap(), vec![b"a".to_vec()]);
+    assert_eq!(get_at(&engine, "a", 0).unwrap().map(|v| v.len()), Some(3000));
+    assert_eq!(get_at(&engine, "d", 0).unwrap(), None);
+}
+
+/// Scans at every revision agree with a model of the history, whatever the number of
+/// versions a key has (the scan `next`s past a few and seeks past many).
+#[test]
+fn scans_at_every_revision_match_a_model() {
+    use std::collections::BTreeMap;
+    let (_dir, engine) = engine();
+    let keys = ["a", "b", "b\u{0}", "c", "d"];
+    // The state after each revision (index = revision - 1; revision 1 is empty).
+    let mut states: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+    let mut seed = 7u32;
+    for step in 0..120 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        // "a" changes most (many versions), "d" rarely.
+        let key = keys[[0, 0, 0, 0, 1, 2, 3, 4][(seed >> 16) as usize % 8]];
+        let mut state = states.last().unwrap().clone();
+        if (seed >> 8) % 5 == 0 {
+            if delete(&engine, key, "") == 0 {
+                continue;
+            }
+            state.remove(key);
+        } else {
+            let value = format!("{key}{step}");
+            put(&engine, key, &value);
+            state.insert(key.to_string(), value);
+        }
+        states.push(state);
+    }
+    let reader = Reader::new(&engine).unwrap();
+    for (i, state) in states.iter().enumerate() {
+        let at = i as i64 + 1;
+        let all = KeyRange::from_request(b"a", b"z");
+        let (kvs, count) = reader.scan(&all, at, &RangeOptions::default()).unwrap();
+        let got: BTreeMap<String, String> = kvs
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key.clone()).unwrap(),
+                    String::from_utf8(kv.value.clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(&got, state, "at {at}");
+        assert_eq!(count as usize, state.len());
+
+        let opts = RangeOptions {
+            limit: 2,
+            keys_only: true,
+            ..Default::default()
+        };
+        let (kvs, count) = reader.scan(&all, at, &opts).unwrap();
+        let want: Vec<&String> = state.keys().take(2).collect();
+        let got: Vec<String> = kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want, "limit at {at}");
+        assert!(kvs
+            .iter()
+            .all(|kv| kv.value.is_empty() && kv.mod_revision > 0 && kv.version > 0));
+        assert_eq!(count as usize, state.len());
+
+        for key in keys {
+            let (kvs, _) = reader
+                .scan(&KeyRange::Single(key.into()), at, &RangeOptions::default())
+                .unwrap();
+            let got = kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap());
+            assert_eq!(got.as_ref(), state.get(key), "{key} at {at}");
+        }
+        // A span ending inside the keys: "b\0" sorts after "b" and before "c".
+        let (kvs, _) = reader
+            .scan(&KeyRange::from_request(b"b", b"b\x00"), at, &RangeOptions::default())
+            .unwrap();
+        assert_eq!(kvs.len(), usize::from(state.contains_key("b")), "[b, b\\0) at {at}");
+    }
+}

@@ -8,7 +8,7 @@ use super::history::{self, History, HistoryLimits};
 use super::key::decode_kv_key;
 use super::ops;
 use super::store::{Reader, Revisions};
-use super::{KeyRange, KvError, Revision};
+use super::{KeyRange, KeyValue, KvError, Revision};
 use crate::lease::{store as lease_store, LeaseId};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::storage::{self, Cf, Cursor, Engine, ReadView};
@@ -62,6 +62,27 @@ impl StoreView {
         with_prev: bool,
     ) -> storage::Result<History> {
         history::read(&self.engine.snapshot(), range, from, limits, with_prev)
+    }
+
+    /// The version of each of `keys` live just before revision `rev` (`None`: none was),
+    /// for watchers asking for the previous version of a delete. Like etcd's watch stream,
+    /// which reads it at `rev - 1` and sends none when that read fails, it finds nothing
+    /// once `rev - 1` is compacted away.
+    pub fn previous_versions(
+        &self,
+        keys: Vec<Vec<u8>>,
+        rev: Revision,
+    ) -> storage::Result<Vec<(Vec<u8>, Option<KeyValue>)>> {
+        let snap = self.engine.snapshot();
+        if Revisions::read(&snap)?.is_compacted(rev - 1) {
+            return Ok(keys.into_iter().map(|k| (k, None)).collect());
+        }
+        keys.into_iter()
+            .map(|k| {
+                let prev = history::previous_version(&snap, &k, rev)?;
+                Ok((k, prev))
+            })
+            .collect()
     }
 
     /// etcd's `Hash`: every record of the key space and its revision index.
@@ -161,6 +182,35 @@ mod tests {
         assert!(revs.check_compaction(5).is_ok());
         assert!(revs.check_compaction(10).is_ok());
         assert!(matches!(revs.check_compaction(11), Err(KvError::FutureRev)));
+    }
+
+    #[test]
+    fn previous_versions_of_deleted_keys_until_compacted() {
+        let (_dir, engine) = engine();
+        put(&engine, "a", "1");
+        put(&engine, "a", "2");
+        let deleted_at = put(&engine, "z", "-") + 1;
+        assert_eq!(delete(&engine, "a", ""), 1);
+        let view = StoreView::new(engine.clone());
+        let found = view
+            .previous_versions(vec![b"a".to_vec(), b"b".to_vec()], deleted_at)
+            .unwrap();
+        let values: Vec<Option<&[u8]>> = found
+            .iter()
+            .map(|(_, kv)| kv.as_ref().map(|kv| kv.value.as_slice()))
+            .collect();
+        assert_eq!(values, vec![Some(&b"2"[..]), None]);
+        assert_eq!(found[0].1.as_ref().unwrap().version, 2);
+        // etcd reads it at `rev - 1`: gone once that is compacted, kept while it is the
+        // compacted revision itself.
+        compact(&engine, deleted_at - 1);
+        assert!(view.previous_versions(vec![b"a".to_vec()], deleted_at).unwrap()[0]
+            .1
+            .is_some());
+        compact(&engine, deleted_at);
+        assert!(view.previous_versions(vec![b"a".to_vec()], deleted_at).unwrap()[0]
+            .1
+            .is_none());
     }
 
     fn range_at(view: &StoreView, key: &str, revision: i64) -> Result<Option<String>, KvError> {

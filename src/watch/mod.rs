@@ -23,8 +23,9 @@ const RING_REVISIONS: usize = 64;
 /// values, transactions or mass deletes being applied.
 const MAX_SLOT_BYTES: usize = 256 << 10;
 
-/// All events of one applied revision, in sub-revision order. Each event carries its
-/// previous version; streams drop it for watchers that did not ask for it.
+/// All events of one applied revision, in sub-revision order. A put carries its previous
+/// version (streams drop it for watchers that did not ask for it); a delete carries only
+/// its key and revision, and streams read the previous version for watchers that ask.
 #[derive(Debug)]
 pub struct RevisionEvents {
     pub revision: Revision,

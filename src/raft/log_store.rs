@@ -7,8 +7,8 @@
 //! syncer takes every callback waiting, fsyncs the write-ahead log once, and only then
 //! reports them durable. A group could hold several appends, but openraft 0.9 awaits each
 //! flush before its next append, so today every append pays its own fsync: sharing one
-//! fsync among concurrent proposals has to happen above openraft (batching requests into
-//! one entry).
+//! fsync among concurrent proposals happens above openraft: `raft::proposer` batches them
+//! into one entry.
 //!
 //! Every read and write of the log runs on the log's own I/O thread (`raft::io`), never on
 //! the blocking pool client reads use.

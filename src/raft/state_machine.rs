@@ -20,7 +20,7 @@ use prost::Message;
 use super::codec::{decode, log_id_from_pb, log_id_to_pb, stored_membership_from_pb, stored_membership_to_pb};
 use super::io::IoThread;
 use super::{blocking, typ, RaftResponse, TypeConfig};
-use crate::proto::cairnpb::{self, RaftRequest};
+use crate::proto::cairnpb::{self, raft_request, RaftRequest};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 
@@ -121,6 +121,96 @@ fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
     Ok(batch)
 }
 
+/// Applies one entry and records it applied in the same RocksDB batch as its effects.
+///
+/// A batch entry (group commit) is applied request by request, each in a batch of its own
+/// that also records how far the entry got (`meta::APPLIED_PART`); the last request's batch
+/// records the entry's log id instead. After a crash in the middle, the entry is applied
+/// again from its first request not yet applied: every request is applied exactly once, at
+/// the same revision on every member.
+fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> storage::Result<RaftResponse> {
+    let log_id = log_id_to_pb(&entry.log_id);
+    let mark_applied = |batch: &mut WriteBatch| batch.put(Cf::Meta, meta::LAST_APPLIED, &log_id.encode_to_vec());
+    let requests = match &entry.payload {
+        EntryPayload::Normal(RaftRequest {
+            request: Some(raft_request::Request::Batch(batch)),
+        }) => &batch.requests,
+        EntryPayload::Normal(req) => {
+            let applied = app.apply(engine, req)?;
+            let mut batch = applied.batch;
+            mark_applied(&mut batch);
+            engine.write(batch, false)?;
+            app.applied(applied.effects);
+            return Ok(applied.response);
+        }
+        EntryPayload::Blank => {
+            let mut batch = WriteBatch::new(engine);
+            mark_applied(&mut batch);
+            engine.write(batch, false)?;
+            return Ok(RaftResponse::Empty(cairnpb::Blank {}));
+        }
+        EntryPayload::Membership(m) => {
+            let mut batch = WriteBatch::new(engine);
+            let stored = typ::StoredMembership::new(Some(entry.log_id), m.clone());
+            batch.put(
+                Cf::Meta,
+                meta::MEMBERSHIP,
+                &stored_membership_to_pb(&stored).encode_to_vec(),
+            );
+            mark_applied(&mut batch);
+            engine.write(batch, false)?;
+            return Ok(RaftResponse::Empty(cairnpb::Blank {}));
+        }
+    };
+    let done = applied_part(engine, &log_id)?;
+    let mut responses = Vec::with_capacity(requests.len());
+    for (i, req) in requests.iter().enumerate() {
+        if i < done {
+            // Applied before a restart: nobody waits for its answer any more.
+            responses.push(cairnpb::RaftResponse {
+                response: Some(RaftResponse::Empty(cairnpb::Blank {})),
+            });
+            continue;
+        }
+        let applied = app.apply(engine, req)?;
+        let mut batch = applied.batch;
+        if i + 1 == requests.len() {
+            mark_applied(&mut batch);
+            batch.delete(Cf::Meta, meta::APPLIED_PART);
+        } else {
+            let part = cairnpb::AppliedPart {
+                log_id: Some(log_id),
+                done: u32::try_from(i + 1).map_err(|_| storage::Error::corrupt(Cf::Meta, "batch too long"))?,
+            };
+            batch.put(Cf::Meta, meta::APPLIED_PART, &part.encode_to_vec());
+        }
+        engine.write(batch, false)?;
+        app.applied(applied.effects);
+        responses.push(cairnpb::RaftResponse {
+            response: Some(applied.response),
+        });
+    }
+    if requests.is_empty() {
+        let mut batch = WriteBatch::new(engine);
+        mark_applied(&mut batch);
+        engine.write(batch, false)?;
+    }
+    Ok(RaftResponse::Batch(cairnpb::RaftResponses { responses }))
+}
+
+/// How many requests of the batch entry `log_id` were applied before a restart.
+fn applied_part(view: &impl ReadView, log_id: &cairnpb::LogId) -> storage::Result<usize> {
+    let Some(raw) = view.get(Cf::Meta, meta::APPLIED_PART)? else {
+        return Ok(0);
+    };
+    let part = decode::<cairnpb::AppliedPart>(Cf::Meta, &raw)?;
+    Ok(if part.log_id.as_ref() == Some(log_id) {
+        part.done as usize
+    } else {
+        0
+    })
+}
+
 // Not derived: `A` itself need not be `Clone`.
 impl<A> Clone for StateMachine<A> {
     fn clone(&self) -> Self {
@@ -197,30 +287,7 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachine<A> {
                     fail::fail_point!("raft-apply", |_| Err(sm_write_err(storage::Error::Engine(
                         "apply failed (failpoint raft-apply)".into()
                     ))));
-                    let (mut batch, response, effects) = match &entry.payload {
-                        EntryPayload::Blank => (WriteBatch::new(&engine), RaftResponse::Empty(cairnpb::Blank {}), None),
-                        EntryPayload::Normal(req) => {
-                            let applied = app.apply(&engine, req).map_err(sm_write_err)?;
-                            (applied.batch, applied.response, Some(applied.effects))
-                        }
-                        EntryPayload::Membership(m) => {
-                            let mut batch = WriteBatch::new(&engine);
-                            let stored = typ::StoredMembership::new(Some(entry.log_id), m.clone());
-                            let raw = stored_membership_to_pb(&stored).encode_to_vec();
-                            batch.put(Cf::Meta, meta::MEMBERSHIP, &raw);
-                            (batch, RaftResponse::Empty(cairnpb::Blank {}), None)
-                        }
-                    };
-                    batch.put(
-                        Cf::Meta,
-                        meta::LAST_APPLIED,
-                        &log_id_to_pb(&entry.log_id).encode_to_vec(),
-                    );
-                    engine.write(batch, false).map_err(sm_write_err)?;
-                    if let Some(effects) = effects {
-                        app.applied(effects);
-                    }
-                    responses.push(response);
+                    responses.push(apply_entry(&engine, &*app, &entry).map_err(sm_write_err)?);
                 }
                 Ok(responses)
             })
@@ -266,5 +333,127 @@ impl<A: Application> RaftStateMachine<TypeConfig> for StateMachine<A> {
                 blocking(JOIN_FAILED, move || sm.build(None).map(Some).map_err(sm_read_err)).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::proto::cairnpb::RaftBatch;
+    use crate::proto::etcdserverpb::{PutRequest, PutResponse};
+
+    /// Writes each put's key to `meta` under `t/`, and counts the requests it applied.
+    #[derive(Default)]
+    struct Recorder {
+        applied: AtomicUsize,
+    }
+
+    impl Application for Recorder {
+        type Effects = ();
+        fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied<()>> {
+            self.applied.fetch_add(1, Ordering::SeqCst);
+            let mut batch = WriteBatch::new(engine);
+            if let Some(raft_request::Request::Put(p)) = &req.request {
+                batch.put(Cf::Meta, &[b"t/", p.key.as_slice()].concat(), &p.value);
+            }
+            Ok(Applied {
+                batch,
+                response: RaftResponse::Put(PutResponse::default()),
+                effects: (),
+            })
+        }
+        fn applied(&self, (): ()) {}
+        fn reload(&self, _engine: &Engine) -> storage::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn put(key: &str) -> RaftRequest {
+        RaftRequest {
+            request: Some(raft_request::Request::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn batch_entry(index: u64, keys: &[&str]) -> typ::Entry {
+        typ::Entry {
+            log_id: typ::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(RaftRequest {
+                request: Some(raft_request::Request::Batch(RaftBatch {
+                    requests: keys.iter().map(|k| put(k)).collect(),
+                })),
+            }),
+        }
+    }
+
+    fn answers(resp: RaftResponse) -> Vec<Option<RaftResponse>> {
+        match resp {
+            RaftResponse::Batch(b) => b.responses.into_iter().map(|r| r.response).collect(),
+            other => panic!("not a batch answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_request_and_records_the_entry_once_all_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), None).unwrap();
+        let app = Recorder::default();
+        let resp = apply_entry(&engine, &app, &batch_entry(3, &["a", "b", "c"])).unwrap();
+        assert_eq!(answers(resp).len(), 3);
+        assert_eq!(app.applied.load(Ordering::SeqCst), 3);
+        let (last, _) = applied_state_of(&engine).unwrap();
+        assert_eq!(last.map(|id| id.index), Some(3));
+        assert_eq!(engine.get(Cf::Meta, meta::APPLIED_PART).unwrap(), None);
+        for key in ["t/a", "t/b", "t/c"] {
+            assert!(engine.get(Cf::Meta, key.as_bytes()).unwrap().is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_batch_cut_by_a_crash_resumes_after_its_applied_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), None).unwrap();
+        let entry = batch_entry(7, &["a", "b", "c"]);
+        // What a crash after the second request's batch leaves: its marker, not the entry's.
+        let mut batch = WriteBatch::new(&engine);
+        let part = cairnpb::AppliedPart {
+            log_id: Some(log_id_to_pb(&entry.log_id)),
+            done: 2,
+        };
+        batch.put(Cf::Meta, meta::APPLIED_PART, &part.encode_to_vec());
+        engine.write(batch, false).unwrap();
+        assert_eq!(
+            applied_state_of(&engine).unwrap().0,
+            None,
+            "the entry is not applied yet"
+        );
+
+        let app = Recorder::default();
+        let resp = apply_entry(&engine, &app, &entry).unwrap();
+        assert_eq!(
+            app.applied.load(Ordering::SeqCst),
+            1,
+            "only the third request is applied again"
+        );
+        let answers = answers(resp);
+        assert!(matches!(answers[2], Some(RaftResponse::Put(_))));
+        assert!(engine.get(Cf::Meta, b"t/c").unwrap().is_some());
+        assert!(engine.get(Cf::Meta, b"t/a").unwrap().is_none());
+        assert_eq!(applied_state_of(&engine).unwrap().0.map(|id| id.index), Some(7));
+        assert_eq!(engine.get(Cf::Meta, meta::APPLIED_PART).unwrap(), None);
+
+        // A marker of another entry is stale: a later batch applies whole.
+        let mut batch = WriteBatch::new(&engine);
+        batch.put(Cf::Meta, meta::APPLIED_PART, &part.encode_to_vec());
+        engine.write(batch, false).unwrap();
+        apply_entry(&engine, &app, &batch_entry(8, &["d", "e"])).unwrap();
+        assert_eq!(app.applied.load(Ordering::SeqCst), 3);
     }
 }

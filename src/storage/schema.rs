@@ -69,6 +69,9 @@ pub mod meta {
     pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
     /// The last applied raft log id (`cairnpb.LogId`): etcd's consistent index.
     pub const LAST_APPLIED: &[u8] = b"last_applied";
+    /// How much of the entry after the last applied one is applied, while a batch entry is
+    /// only partly applied (`cairnpb.AppliedPart`).
+    pub const APPLIED_PART: &[u8] = b"applied_part";
     /// The last applied membership (`cairnpb.StoredMembership`).
     pub const MEMBERSHIP: &[u8] = b"membership";
 }

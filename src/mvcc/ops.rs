@@ -189,7 +189,8 @@ pub fn range(t: &impl KvRead, r: &RangeRequest) -> Result<RangeResponse, KvError
         limit: usize::try_from(limit).unwrap_or(usize::MAX),
         rev: r.revision,
         count_only: r.count_only,
-        keys_only: r.keys_only,
+        // Sorting by value needs the values, even when they are not returned.
+        keys_only: r.keys_only && target != SortTarget::Value,
     };
     let rr = t.range(&KeyRange::from_request(&r.key, &r.range_end), &opts)?;
     let mut kvs = rr.kvs;

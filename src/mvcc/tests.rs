@@ -424,3 +424,27 @@ fn scans_at_every_revision_match_a_model() {
         assert_eq!(kvs.len(), usize::from(state.contains_key("b")), "[b, b\\0) at {at}");
     }
 }
+
+/// `keys_only` skips decoding values, except when the range sorts by value (found by the
+/// differential test against etcd).
+#[test]
+fn keys_only_sorted_by_value_sorts_by_the_values_it_does_not_return() {
+    use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+    let (_dir, engine) = engine();
+    for (k, v) in [("a", "3"), ("b", "1"), ("c", "2")] {
+        put(&engine, k, v);
+    }
+    let reader = Reader::new(&engine).unwrap();
+    let r = RangeRequest {
+        key: b"a".to_vec(),
+        range_end: b"z".to_vec(),
+        keys_only: true,
+        sort_target: SortTarget::Value as i32,
+        sort_order: SortOrder::Descend as i32,
+        ..Default::default()
+    };
+    let resp = ops::range(&reader, &r).unwrap();
+    let keys: Vec<&[u8]> = resp.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    assert_eq!(keys, vec![&b"a"[..], b"c", b"b"]);
+    assert!(resp.kvs.iter().all(|kv| kv.value.is_empty()));
+}

@@ -256,8 +256,8 @@ async fn slow_consumer_is_bounded_and_loses_nothing() {
     }
     let written = started.elapsed();
     // Unread, the events are ~190 MiB of values; a queue per stream would hold all of it.
-    // What the server may hold instead: the hub's ring (64 revisions, ~13 MiB here with
-    // previous versions), 16 buffered responses, HTTP/2 windows, and RocksDB within its
+    // What the server may hold instead: the stream's hub queue (64 revisions, ~13 MiB here
+    // with previous versions), 16 buffered responses, HTTP/2 windows, and RocksDB within its
     // budgets (32 MiB of memtables, 32 MiB of block cache). A heap profile (valgrind
     // massif) of this scenario shows Rust allocations flat at ~10 MiB; the rest of the RSS
     // growth is RocksDB and allocator fragmentation.
@@ -315,11 +315,11 @@ fn rss_kib(node: &Node) -> i64 {
         .unwrap_or(0)
 }
 
-/// A revision too large for the hub's ring (256 KiB a slot) reaches live watchers through
+/// A revision too large for the hub's queues (256 KiB a slot) reaches live watchers through
 /// storage, exactly as etcd sends it live: all its events in one response, with previous
 /// versions and its own revision in the header, in order with the revisions around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revision_too_large_for_the_ring_is_delivered_whole() {
+async fn a_revision_too_large_to_queue_is_delivered_whole() {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let node = Node::start();
     let mut c = node.client().await;

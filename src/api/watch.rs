@@ -1,18 +1,25 @@
 //! etcd's Watch service: one task per stream owns its watchers, feeds synced watchers from
-//! the hub's live ring and lets the others catch up from history in bounded batches.
+//! the hub's queue and lets the others catch up from history in bounded batches.
 //!
-//! A watcher's `next` is the first revision it has not been sent. With `stream_rev` the last
-//! live revision this stream processed, a watcher is *synced* when `next > stream_rev`: it
-//! has everything up to there and takes the following revisions live. Otherwise it reads
-//! history until it passes `stream_rev`. Live revisions below a watcher's `next` are
-//! skipped, so nothing is sent twice; a gap in the live ring (a lagging stream) leaves the
-//! affected watchers behind `stream_rev`, so they read the gap from history.
+//! The hub queues to a stream only the revisions that change a key one of its watchers
+//! covers (`Subscription::watch`), in order, or a gap marker once the queue overflowed.
+//! `stream_rev` is the revision up to which the stream has seen everything the hub had for
+//! it: each queued revision moves it on, and so does the hub's current revision read before
+//! the queue is drained (`sync_to_current`: a revision is queued before it is announced).
+//!
+//! A watcher's `next` is the first revision it has not been sent. It is *synced* when
+//! `next > stream_rev`: it has everything up to there and takes the following revisions
+//! from the queue. Otherwise it reads history until it passes `stream_rev`. Revisions below
+//! a watcher's `next` are skipped, so nothing is sent twice; a gap leaves the synced
+//! watchers behind `stream_rev`, so they read the gap from history.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::{broadcast, mpsc};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -24,7 +31,7 @@ use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request, ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
-use crate::watch::Hub;
+use crate::watch::{Delivery, Hub, Interest, RevisionEvents, Subscription};
 
 /// Responses buffered towards one client before the stream task waits for it.
 const OUTBOUND_RESPONSES: usize = 16;
@@ -73,17 +80,17 @@ impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(OUTBOUND_RESPONSES);
-        // Subscribe before reading the current revision: no revision falls between them.
-        let ring = self.hub.subscribe();
         let stream = StreamTask {
+            sub: Arc::new(self.hub.subscribe()),
             svc: self.clone(),
             out,
             watchers: BTreeMap::new(),
             next_auto_id: 0,
+            // No watcher yet, so nothing to miss: everything so far is seen.
             stream_rev: self.hub.current(),
             pending_progress: 0,
         };
-        tokio::spawn(stream.run(inbound, ring));
+        tokio::spawn(stream.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -93,6 +100,8 @@ struct Watcher {
     /// progress answers) until the client cancels it, as in etcd.
     compacted: bool,
     range: KeyRange,
+    /// Its entry in the hub's index, removed with it.
+    interest: Interest,
     next: Revision,
     prev_kv: bool,
     no_put: bool,
@@ -132,6 +141,7 @@ impl Watcher {
 struct Closed;
 
 struct StreamTask {
+    sub: Arc<Subscription>,
     svc: WatchService,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
@@ -142,11 +152,8 @@ struct StreamTask {
 }
 
 impl StreamTask {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<WatchRequest>,
-        mut ring: broadcast::Receiver<std::sync::Arc<crate::watch::RevisionEvents>>,
-    ) {
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        let sub = self.sub.clone();
         let mut ticker = tokio::time::interval(self.svc.progress_interval);
         ticker.reset();
         let mut inbound_open = true;
@@ -164,19 +171,14 @@ impl StreamTask {
                     Some(id) => self.catch_up(id).await,
                     None => Ok(()),
                 },
-                live = ring.recv() => match live {
-                    Ok(rev) => self.deliver_live(&rev).await,
-                    // Missed revisions: the watchers left behind read them from history.
-                    Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
-                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
-                },
+                delivery = sub.recv() => self.deliver(delivery).await,
                 _ = ticker.tick() => self.progress_tick().await,
                 () = self.out.closed() => Err(Closed),
             };
             if step.is_err() {
                 return;
             }
-            if self.pending_progress > 0 && self.all_synced() && self.answer_progress().await.is_err() {
+            if self.pending_progress > 0 && self.answer_progress_if_synced().await.is_err() {
                 return;
             }
         }
@@ -247,7 +249,8 @@ impl StreamTask {
         match req.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
+                if let Some(w) = self.watchers.remove(&c.watch_id) {
+                    self.sub.unwatch(w.interest);
                     let resp = WatchResponse {
                         header: self.header(self.svc.hub.current()),
                         watch_id: c.watch_id,
@@ -304,10 +307,16 @@ impl StreamTask {
             self.next_auto_id += 1;
             self.next_auto_id - 1
         };
+        // Registered before the stream catches up with the hub's current revision: every
+        // later revision touching the range is queued to it.
+        let interest = self.sub.watch(&range);
+        self.sync_to_current().await?;
+        let current = self.stream_rev;
         let filters = |f: FilterType| c.filters.contains(&(f as i32));
         let watcher = Watcher {
             compacted: false,
             range,
+            interest,
             // A negative start is below any compacted revision, as etcd treats it.
             next: if c.start_revision != 0 {
                 c.start_revision
@@ -321,8 +330,9 @@ impl StreamTask {
             idle: true,
             fragment: c.fragment,
         };
-        // A watcher starting after the last processed live revision is synced: everything
-        // from its start will arrive live (or be found missing and read from history).
+        // A watcher starting after `stream_rev` is synced: everything from its start will be
+        // queued (or found missing and read from history); one starting at or before it
+        // reads history first.
         self.watchers.insert(id, watcher);
         let resp = WatchResponse {
             header: self.header(current),
@@ -333,28 +343,66 @@ impl StreamTask {
         self.send(resp).await
     }
 
-    async fn deliver_live(&mut self, rev: &crate::watch::RevisionEvents) -> Result<(), Closed> {
+    async fn deliver(&mut self, delivery: Delivery) -> Result<(), Closed> {
+        match delivery {
+            Delivery::Revision(rev) => self.deliver_live(&rev).await,
+            // Dropped revisions: the synced watchers fall behind and read them from history.
+            Delivery::Gap(to) => {
+                self.stream_rev = self.stream_rev.max(to);
+                Ok(())
+            }
+        }
+    }
+
+    /// Catches up with the hub: reads its current revision, then takes everything queued
+    /// (all revisions up to that one for this stream are queued by then), then moves the
+    /// synced watchers on to it.
+    async fn sync_to_current(&mut self) -> Result<(), Closed> {
+        let current = self.svc.hub.current();
+        while let Some(delivery) = self.sub.try_recv() {
+            self.deliver(delivery).await?;
+        }
+        if current > self.stream_rev {
+            for w in self.watchers.values_mut() {
+                if !w.compacted && w.next > self.stream_rev {
+                    w.next = w.next.max(current + 1);
+                }
+            }
+            self.stream_rev = current;
+        }
+        Ok(())
+    }
+
+    /// The watchers synced before `revision` that have not had it (a watcher that read
+    /// history past it has).
+    fn due(&self, revision: Revision) -> impl Iterator<Item = (&i64, &Watcher)> {
+        let synced_after = self.stream_rev;
+        self.watchers
+            .iter()
+            .filter(move |(_, w)| !w.compacted && w.next > synced_after && w.next <= revision)
+    }
+
+    async fn deliver_live(&mut self, rev: &RevisionEvents) -> Result<(), Closed> {
         if rev.revision <= self.stream_rev {
             return Ok(());
         }
         if rev.spilled {
             return self.deliver_spilled(rev.revision).await;
         }
-        // Watchers synced before this revision get it live; the others stay behind.
+        let due: Vec<i64> = self.due(rev.revision).map(|(id, _)| *id).collect();
         let mut sends = Vec::new();
-        for (id, w) in self.watchers.iter_mut() {
-            if w.compacted || w.next != rev.revision {
+        for id in due {
+            let Some(w) = self.watchers.get_mut(&id) else {
                 continue;
-            }
+            };
             w.next = rev.revision + 1;
             let events = w.select(&rev.events);
             if !events.is_empty() {
                 w.idle = false;
-                sends.push((*id, w.fragment, w.prev_kv, events));
+                sends.push((id, w.fragment, w.prev_kv, events));
             }
         }
-        // After a gap (a lagging stream), watchers still waiting for an earlier revision are
-        // now behind `stream_rev` and read the gap from history.
+        // Watchers behind (after a gap, or reading history) stay behind `stream_rev`.
         self.stream_rev = rev.revision;
         self.fill_deleted_prev(rev.revision, &mut sends).await;
         for (id, fragment, _, events) in sends {
@@ -393,17 +441,12 @@ impl StreamTask {
         }
     }
 
-    /// A revision too large for the hub's ring: each watcher waiting for it reads just that
-    /// revision from storage and gets it exactly as it would have live (etcd sends it live,
-    /// with the revision itself in the header). A watcher whose read fails or finds the
-    /// revision compacted stays behind and goes through `catch_up`, which reports that.
+    /// A revision too large to queue: each watcher due for it reads just that revision from
+    /// storage and gets it exactly as it would have live (etcd sends it live, with the
+    /// revision itself in the header). A watcher whose read fails or finds the revision
+    /// compacted stays behind and goes through `catch_up`, which reports that.
     async fn deliver_spilled(&mut self, revision: Revision) -> Result<(), Closed> {
-        let waiting: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| !w.compacted && w.next == revision)
-            .map(|(id, _)| *id)
-            .collect();
+        let waiting: Vec<i64> = self.due(revision).map(|(id, _)| *id).collect();
         for id in waiting {
             let Some(w) = self.watchers.get(&id) else {
                 continue;
@@ -442,7 +485,9 @@ impl StreamTask {
         match history {
             Err(e) => {
                 // The read failed: the watcher cannot be served; tell the client, as a cancel.
-                self.watchers.remove(&id);
+                if let Some(w) = self.watchers.remove(&id) {
+                    self.sub.unwatch(w.interest);
+                }
                 let resp = WatchResponse {
                     header: self.header(self.svc.hub.current()),
                     watch_id: id,
@@ -482,6 +527,7 @@ impl StreamTask {
     }
 
     async fn progress_tick(&mut self) -> Result<(), Closed> {
+        self.sync_to_current().await?;
         let stream_rev = self.stream_rev;
         let due: Vec<i64> = self
             .watchers
@@ -504,8 +550,12 @@ impl StreamTask {
         Ok(())
     }
 
-    /// Every watcher has been sent every event up to `stream_rev`: that is the progress.
-    async fn answer_progress(&mut self) -> Result<(), Closed> {
+    /// Once every watcher has been sent every event up to `stream_rev`, that is the progress.
+    async fn answer_progress_if_synced(&mut self) -> Result<(), Closed> {
+        self.sync_to_current().await?;
+        if !self.all_synced() {
+            return Ok(());
+        }
         while self.pending_progress > 0 {
             self.pending_progress -= 1;
             let resp = WatchResponse {

@@ -124,7 +124,7 @@ pub(super) fn read(
 /// The live version of `key` just before revision `rev`, if any.
 pub(super) fn previous_version(view: &impl ReadView, key: &[u8], rev: Revision) -> storage::Result<Option<KeyValue>> {
     let prefix = user_key_prefix(key);
-    let mut cur = view.cursor(Cf::Kv);
+    let mut cur = view.key_cursor(Cf::Kv);
     cur.seek(&kv_key(key, rev - 1));
     if cur.valid() && cur.key().len() == prefix.len() + 8 && cur.key().starts_with(&prefix) {
         if is_tombstone(cur.value())? {

@@ -279,8 +279,16 @@ impl<'v, V: ReadView> Reader<'v, V> {
         };
         // The encoded user key the cursor is on (reused: no allocation per key).
         let mut prefix = Vec::new();
-        let mut cur = self.view.cursor(Cf::Kv);
-        cur.seek(&user_key_prefix(range.start()));
+        let mut cur = if single {
+            // One key: its newest version at or below `at` is the first seek's target.
+            let mut cur = self.view.key_cursor(Cf::Kv);
+            cur.seek(&kv_key(range.start(), at));
+            cur
+        } else {
+            let mut cur = self.view.cursor(Cf::Kv);
+            cur.seek(&user_key_prefix(range.start()));
+            cur
+        };
         while cur.valid() {
             let (enc, main) = split_kv_key(cur.key())?;
             let past = match (&end, single) {

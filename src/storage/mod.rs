@@ -48,4 +48,8 @@ pub trait ReadView {
         Self: 'a;
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn cursor(&self, cf: Cf) -> Self::Cursor<'_>;
+    /// A cursor over the entries sharing its first seek key's prefix: in `kv`, one user
+    /// key's versions (other families have no prefix: there it is `cursor`). Lookups of one
+    /// key use it so that RocksDB's prefix bloom filters skip what cannot hold the key.
+    fn key_cursor(&self, cf: Cf) -> Self::Cursor<'_>;
 }

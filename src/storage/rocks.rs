@@ -14,6 +14,22 @@ const MEMTABLE_BUDGET: usize = 32 << 20;
 const MEMTABLE_PER_CF: usize = 8 << 20;
 /// Uncompressed blocks cached for reads, shared by all column families.
 const BLOCK_CACHE: usize = 32 << 20;
+/// Bloom filter bits per `kv` prefix (about 1% false positives).
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// The share of each `kv` memtable given to its prefix bloom filter.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
+
+/// `kv` keys end with an 8-byte revision (`mvcc::key`); the rest, the encoded user key, is
+/// the prefix `kv`'s bloom filters are built on. Every put first looks up the key's newest
+/// version: with the filters, that lookup skips each memtable and file without the key
+/// (for a new key, all of them) instead of searching their indexes.
+fn kv_user_key(key: &[u8]) -> &[u8] {
+    &key[..key.len().saturating_sub(8)]
+}
+
+fn kv_has_user_key(key: &[u8]) -> bool {
+    key.len() > 8
+}
 
 fn engine_err(e: rocksdb::Error) -> Error {
     Error::Engine(e.into_string())
@@ -43,11 +59,25 @@ impl Engine {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
+        let mut kv_table = rocksdb::BlockBasedOptions::default();
+        kv_table.set_block_cache(&cache);
+        kv_table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        kv_table.set_whole_key_filtering(false);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            cf_opts.set_block_based_table_factory(&table);
             cf_opts.set_write_buffer_size(MEMTABLE_PER_CF);
+            if *cf == Cf::Kv {
+                cf_opts.set_block_based_table_factory(&kv_table);
+                cf_opts.set_prefix_extractor(rocksdb::SliceTransform::create(
+                    "cairn.kv.user_key",
+                    kv_user_key,
+                    Some(kv_has_user_key),
+                ));
+                cf_opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+            } else {
+                cf_opts.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(engine_err)?;
@@ -129,9 +159,37 @@ impl ReadView for Engine {
 
     fn cursor(&self, cf: Cf) -> RocksCursor<'_> {
         RocksCursor {
-            iter: self.db.raw_iterator_cf(self.handle(cf)),
+            iter: self
+                .db
+                .raw_iterator_cf_opt(self.handle(cf), read_options(Scope::Everything)),
         }
     }
+
+    fn key_cursor(&self, cf: Cf) -> RocksCursor<'_> {
+        RocksCursor {
+            iter: self
+                .db
+                .raw_iterator_cf_opt(self.handle(cf), read_options(Scope::OneKey)),
+        }
+    }
+}
+
+/// What a cursor may range over.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Every key, in order: the prefix filters must not be consulted.
+    Everything,
+    /// The entries sharing the first seek's prefix (in `kv`, one user key's versions).
+    OneKey,
+}
+
+fn read_options(scope: Scope) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    match scope {
+        Scope::Everything => opts.set_total_order_seek(true),
+        Scope::OneKey => opts.set_prefix_same_as_start(true),
+    }
+    opts
 }
 
 /// A point-in-time view: every read through it sees the same committed batches.
@@ -151,7 +209,17 @@ impl ReadView for Snapshot<'_> {
     }
 
     fn cursor(&self, cf: Cf) -> RocksCursor<'_> {
-        let mut opts = ReadOptions::default();
+        self.cursor_in(cf, Scope::Everything)
+    }
+
+    fn key_cursor(&self, cf: Cf) -> RocksCursor<'_> {
+        self.cursor_in(cf, Scope::OneKey)
+    }
+}
+
+impl Snapshot<'_> {
+    fn cursor_in(&self, cf: Cf, scope: Scope) -> RocksCursor<'_> {
+        let mut opts = read_options(scope);
         opts.set_snapshot(&self.snap);
         RocksCursor {
             iter: self.engine.db.raw_iterator_cf_opt(self.engine.handle(cf), opts),
@@ -212,5 +280,67 @@ impl WriteBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `kv` key as `mvcc::key` lays it out: the user key (encoding irrelevant here) and an
+    /// 8-byte revision.
+    fn kv(user: &[u8], rev: u64) -> Vec<u8> {
+        [user, &(!rev).to_be_bytes()].concat()
+    }
+
+    fn keys(mut cur: RocksCursor<'_>, seek: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        cur.seek(seek);
+        while cur.valid() {
+            out.push(cur.key().to_vec());
+            cur.next();
+        }
+        cur.status().unwrap();
+        out
+    }
+
+    /// With prefix bloom filters on `kv`, in memtables and in flushed files alike: a key
+    /// cursor sees exactly one user key's versions, and a plain cursor still sees every key
+    /// in order across prefixes.
+    #[test]
+    fn key_cursors_stay_in_one_user_key_and_cursors_see_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), None).unwrap();
+        let mut batch = WriteBatch::new(&engine);
+        for user in [&b"a"[..], b"b", b"d"] {
+            for rev in [3, 2] {
+                batch.put(Cf::Kv, &kv(user, rev), b"v");
+            }
+        }
+        engine.write(batch, false).unwrap();
+        for flushed in [false, true] {
+            if flushed {
+                let h = engine.handle(Cf::Kv);
+                engine.db.flush_cf(h).unwrap();
+                let mut batch = WriteBatch::new(&engine);
+                batch.put(Cf::Kv, &kv(b"c", 4), b"v");
+                engine.write(batch, false).unwrap();
+            }
+            let snap = engine.snapshot();
+            assert_eq!(
+                keys(snap.key_cursor(Cf::Kv), &kv(b"b", 9)),
+                vec![kv(b"b", 3), kv(b"b", 2)]
+            );
+            assert_eq!(keys(snap.key_cursor(Cf::Kv), &kv(b"b", 2)), vec![kv(b"b", 2)]);
+            assert!(
+                keys(snap.key_cursor(Cf::Kv), &kv(b"bb", 9)).is_empty(),
+                "flushed: {flushed}"
+            );
+            let all = keys(snap.cursor(Cf::Kv), b"");
+            let expected = if flushed { 7 } else { 6 };
+            assert_eq!(all.len(), expected, "flushed: {flushed}");
+            assert!(all.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!(keys(engine.cursor(Cf::Kv), b"").len(), expected);
+        }
     }
 }

@@ -12,9 +12,11 @@
 //! - `error`: the only conversion to gRPC statuses.
 //! - `cluster`: member records and etcd's member and cluster IDs.
 //! - `lease`: leases: the stored records, this member's deadlines, the leader's expiry loop.
+//! - `bench`: `cairn bench`, a load generator after etcd's `tools/benchmark` (a client only).
 
 pub mod api;
 pub mod apply;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -17,6 +17,10 @@ fn print_version() {
 }
 
 fn main() -> std::process::ExitCode {
+    // `cairn bench ...` is the load generator; everything else is the server and its flags.
+    if cairn::bench::is_invocation(std::env::args_os()) {
+        return cairn::bench::main(std::env::args_os().skip(1));
+    }
     let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
         Ok(flags) => flags,
         Err(e) => {

@@ -40,14 +40,21 @@ impl KvService {
         propose(&self.proposer, request).await
     }
 
-    /// A read on this member's state: after the read barrier unless serializable.
+    /// A read on this member's state: after the read barrier unless serializable. A read
+    /// of one key (`one_key`) is a single seek, served on the calling worker: the hand-off
+    /// to the blocking pool would cost more than the read. Anything larger goes there, so
+    /// that a big range cannot hold up the async workers.
     async fn read<T: Send + 'static>(
         &self,
         serializable: bool,
+        one_key: bool,
         f: impl FnOnce(&StoreView) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, Status> {
         if !serializable {
             self.proposer.read_barrier().await?;
+        }
+        if one_key {
+            return Ok(f(&self.view).map_err(ServerError::from)?);
         }
         let view = self.view.clone();
         let out = blocking(move || f(&view).map_err(ServerError::from)).await?;
@@ -61,7 +68,8 @@ impl Kv for KvService {
         let r = request.into_inner();
         ops::check_range_request(&r)?;
         let serializable = r.serializable;
-        let mut resp = self.read(serializable, move |view| view.range(&r)).await?;
+        let one_key = r.range_end.is_empty();
+        let mut resp = self.read(serializable, one_key, move |view| view.range(&r)).await?;
         self.header.fill(&mut resp.header)?;
         Ok(Response::new(resp))
     }
@@ -101,7 +109,7 @@ impl Kv for KvService {
             let serializable = r.success.iter().chain(&r.failure).all(|op| {
                 matches!(&op.request, Some(crate::proto::etcdserverpb::request_op::Request::RequestRange(q)) if q.serializable)
             });
-            self.read(serializable, move |view| view.read_txn(&r)).await?
+            self.read(serializable, false, move |view| view.read_txn(&r)).await?
         } else {
             match self.propose(raft_request::Request::Txn(r)).await? {
                 RaftResponse::Txn(resp) => resp,

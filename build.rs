@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Watch fan-out hands one event to many watchers and ranges move values from
+        // storage to the response: `Bytes` makes those copies reference counts.
+        .bytes(".mvccpb.KeyValue")
         .compile_protos(&paths, &[root, include])?;
     Ok(())
 }

@@ -124,14 +124,19 @@ impl Watcher {
                 !(put && self.no_put || !put && self.no_delete)
             })
             .map(|e| {
-                let mut e = e.clone();
-                // etcd sends no previous version for a create, nor when not asked.
+                // etcd sends no previous version for a create, nor when not asked. Keys and
+                // values are `Bytes`: every watcher shares the revision's buffers.
                 let create = e.r#type == EventType::Put as i32
                     && e.kv.as_ref().is_some_and(|kv| kv.create_revision == kv.mod_revision);
-                if !self.prev_kv || create {
-                    e.prev_kv = None;
+                Event {
+                    r#type: e.r#type,
+                    kv: e.kv.clone(),
+                    prev_kv: if self.prev_kv && !create {
+                        e.prev_kv.clone()
+                    } else {
+                        None
+                    },
                 }
-                e
             })
             .collect()
     }
@@ -420,7 +425,7 @@ impl StreamTask {
             .iter()
             .filter(|(_, _, prev, _)| *prev)
             .flat_map(|(_, _, _, events)| events.iter().filter(|e| lacking(e)))
-            .filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone()))
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.key.to_vec()))
             .collect();
         if keys.is_empty() {
             return;
@@ -436,7 +441,7 @@ impl StreamTask {
         };
         for (_, _, _, events) in sends.iter_mut().filter(|(_, _, prev, _)| *prev) {
             for e in events.iter_mut().filter(|e| lacking(e)) {
-                e.prev_kv = e.kv.as_ref().and_then(|kv| prevs.get(&kv.key).cloned());
+                e.prev_kv = e.kv.as_ref().and_then(|kv| prevs.get(kv.key.as_ref()).cloned());
             }
         }
     }

@@ -11,7 +11,8 @@ use crate::mvcc::store::{KvRead, KvWrite, WriteTxn};
 use crate::mvcc::{Event, KeyRange, KvError};
 use crate::proto::cairnpb::{self as pb, raft_request, Lease, RaftRequest};
 use crate::proto::etcdserverpb::{
-    CompactionResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse,
+    request_op, CompactionResponse, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeResponse,
+    TxnRequest,
 };
 use crate::storage::{self, Engine, WriteBatch};
 use crate::watch::Hub;
@@ -100,7 +101,7 @@ pub struct Effects {
     pub compacted: bool,
 }
 
-/// One applied request: its batch (empty if refused), its answer and its effects.
+/// A run of applied requests: their batch, their answers and their effects.
 pub type Applied = crate::raft::state_machine::Applied<Effects>;
 
 fn empty() -> RaftResponse {
@@ -198,21 +199,46 @@ fn checkpoint(
     Ok(empty())
 }
 
-/// Applies one request. The caller adds the log id to the batch and writes it.
-pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Error> {
+/// Whether a request can join the run before it (one write txn, one RocksDB batch for many
+/// requests of a group-commit entry): a KV change whose reads all go through the txn and
+/// see its latest state. Lease and compaction requests read the stored leases and revisions
+/// directly, and a txn's range at an explicit revision could name one the run has not
+/// written yet; each of those starts a run of its own, once the one before is written.
+fn joins_run(req: &RaftRequest) -> bool {
     use raft_request::Request;
-    let mut txn = WriteTxn::begin(engine)?;
+    match &req.request {
+        Some(Request::Put(_)) | Some(Request::DeleteRange(_)) => true,
+        Some(Request::Txn(t)) => reads_latest(t),
+        _ => false,
+    }
+}
+
+fn reads_latest(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(r)) => r.revision == 0,
+        Some(request_op::Request::RequestTxn(inner)) => reads_latest(inner),
+        _ => true,
+    })
+}
+
+/// Applies one request to the run's txn, in a revision of its own if it changes anything.
+fn apply_one(
+    txn: &mut WriteTxn<'_>,
+    engine: &Engine,
+    req: &RaftRequest,
+    effects: &mut Effects,
+) -> Result<RaftResponse, Rejection> {
+    use raft_request::Request;
     let leases = StoredLeases(engine);
-    let mut lease_changes = Vec::new();
-    let mut compacted = false;
-    let result = match &req.request {
-        Some(Request::Put(p)) => ops::put(&mut txn, p, &leases, false)
+    let lease_changes = &mut effects.lease_changes;
+    match &req.request {
+        Some(Request::Put(p)) => ops::put(txn, p, &leases, false)
             .map(RaftResponse::Put)
             .map_err(Rejection::from),
-        Some(Request::DeleteRange(d)) => ops::delete_range(&mut txn, d)
+        Some(Request::DeleteRange(d)) => ops::delete_range(txn, d)
             .map(RaftResponse::DeleteRange)
             .map_err(Rejection::from),
-        Some(Request::Txn(t)) => ops::txn(&mut txn, t, &leases)
+        Some(Request::Txn(t)) => ops::txn(txn, t, &leases)
             .map(RaftResponse::Txn)
             .map_err(Rejection::from),
         Some(Request::Compaction(c)) => {
@@ -221,45 +247,71 @@ pub fn apply(engine: &Engine, req: &RaftRequest) -> Result<Applied, storage::Err
                 .map(|()| {
                     // Logical now; the versions go in the background (`Compactor`).
                     compaction::schedule(txn.batch_mut(), c.revision);
-                    compacted = true;
+                    effects.compacted = true;
                     RaftResponse::Compaction(CompactionResponse {
                         header: header(txn.rev()),
                     })
                 })
                 .map_err(Rejection::from)
         }
-        Some(Request::LeaseGrant(g)) => grant(&mut txn, engine, g).inspect(|_| {
+        Some(Request::LeaseGrant(g)) => grant(txn, engine, g).inspect(|_| {
             lease_changes.push(LeaseChange::Granted { id: g.id, ttl: g.ttl });
         }),
-        Some(Request::LeaseRevoke(r)) => revoke(&mut txn, engine, r.id).inspect(|_| {
+        Some(Request::LeaseRevoke(r)) => revoke(txn, engine, r.id).inspect(|_| {
             lease_changes.push(LeaseChange::Revoked(r.id));
         }),
-        Some(Request::LeaseCheckpoint(c)) => checkpoint(&mut txn, engine, c, &mut lease_changes),
-        Some(Request::LeaseExpiry(e)) => expire(&mut txn, engine, &e.ids, &mut lease_changes),
-        // Batches are raft's (group commit): the state machine hands over their requests one
-        // by one. Only a batch nested in one, which no proposer makes, gets here: it changes
+        Some(Request::LeaseCheckpoint(c)) => checkpoint(txn, engine, c, lease_changes),
+        Some(Request::LeaseExpiry(e)) => expire(txn, engine, &e.ids, lease_changes),
+        // Batches are raft's (group commit): the state machine hands over their requests.
+        // Only a batch nested in one, which no proposer makes, gets here: it changes
         // nothing, on every member alike.
         Some(Request::Batch(_)) | None => Ok(empty()),
-    };
-    match result {
-        Ok(response) => {
-            let (batch, events) = txn.finish();
-            Ok(Applied {
-                batch,
-                response,
-                effects: Effects {
-                    events,
-                    lease_changes,
-                    compacted,
-                },
-            })
-        }
-        Err(e) => Ok(Applied {
-            batch: WriteBatch::new(engine),
-            response: RaftResponse::Rejected(refusal(e)?.to_pb()),
-            effects: Effects::default(),
-        }),
     }
+}
+
+/// Applies the first of `reqs` and the requests after it that join its run (`joins_run`),
+/// in one txn: the caller adds the log id to the batch and writes it. Each request sees the
+/// ones before it and gets the revision it would get applied alone; a refused one writes
+/// nothing and takes no revision.
+pub fn apply(engine: &Engine, reqs: &[RaftRequest]) -> Result<Applied, storage::Error> {
+    let run = match reqs.first() {
+        Some(first) if joins_run(first) => reqs.iter().take_while(|r| joins_run(r)).count(),
+        _ => reqs.len().min(1),
+    };
+    let mut txn = WriteTxn::begin(engine)?;
+    let mut effects = Effects::default();
+    let mut responses = Vec::with_capacity(run);
+    for (i, req) in reqs[..run].iter().enumerate() {
+        txn.next_revision();
+        let writes = txn.writes();
+        match apply_one(&mut txn, engine, req, &mut effects) {
+            Ok(response) => responses.push(response),
+            Err(e) => {
+                let rejection = refusal(e)?;
+                if txn.writes() != writes {
+                    // Refused after some writes (checks come first, so never expected): the
+                    // run is applied again up to it, and it alone next, writing nothing.
+                    return if i == 0 {
+                        Ok(Applied {
+                            batch: WriteBatch::new(engine),
+                            responses: vec![RaftResponse::Rejected(rejection.to_pb())],
+                            effects: Effects::default(),
+                        })
+                    } else {
+                        apply(engine, &reqs[..i])
+                    };
+                }
+                responses.push(RaftResponse::Rejected(rejection.to_pb()));
+            }
+        }
+    }
+    let (batch, events) = txn.finish();
+    effects.events = events;
+    Ok(Applied {
+        batch,
+        responses,
+        effects,
+    })
 }
 
 /// etcd's semantics for the raft state machine: applies requests with [`apply`], then tells
@@ -279,8 +331,8 @@ impl Applier {
 impl crate::raft::state_machine::Application for Applier {
     type Effects = Effects;
 
-    fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied> {
-        apply(engine, req)
+    fn apply(&self, engine: &Engine, reqs: &[RaftRequest]) -> storage::Result<Applied> {
+        apply(engine, reqs)
     }
 
     fn applied(&self, effects: Effects) {
@@ -344,9 +396,11 @@ mod tests {
 
     /// Applies one request and writes its batch, as the state machine does.
     fn run(engine: &Engine, request: Request) -> (RaftResponse, Vec<Event>, Vec<LeaseChange>) {
-        let applied = apply(engine, &RaftRequest { request: Some(request) }).expect("apply");
+        let mut applied = apply(engine, &[RaftRequest { request: Some(request) }]).expect("apply");
         engine.write(applied.batch, false).expect("write");
-        (applied.response, applied.effects.events, applied.effects.lease_changes)
+        let response = applied.responses.pop().expect("an answer");
+        assert!(applied.responses.is_empty(), "one request, one answer");
+        (response, applied.effects.events, applied.effects.lease_changes)
     }
 
     fn put(key: &str, lease: LeaseId) -> Request {
@@ -418,7 +472,7 @@ mod tests {
         let deleted: Vec<(Vec<u8>, i64)> = events
             .iter()
             .filter(|e| e.r#type == EventType::Delete as i32)
-            .filter_map(|e| e.kv.as_ref().map(|kv| (kv.key.clone(), kv.mod_revision)))
+            .filter_map(|e| e.kv.as_ref().map(|kv| (kv.key.to_vec(), kv.mod_revision)))
             .collect();
         assert_eq!(deleted, vec![(b"a".to_vec(), before + 1), (b"b".to_vec(), before + 1)]);
         assert_eq!(changes, vec![LeaseChange::Revoked(7)]);
@@ -523,18 +577,18 @@ mod tests {
         let (_dir, engine) = engine();
         run(&engine, put("k", NO_LEASE));
         let before = current_rev(&engine);
-        let applied = apply(
+        let mut applied = apply(
             &engine,
-            &RaftRequest {
+            &[RaftRequest {
                 request: Some(put("k", 42)),
-            },
+            }],
         )
         .expect("apply");
         assert!(applied.batch.is_empty());
         assert!(applied.effects.events.is_empty());
         // The wire form folds KV's "lease not found" into the lease layer's: one status.
         assert!(matches!(
-            rejection(applied.response),
+            rejection(applied.responses.pop().expect("an answer")),
             Rejection::Lease(LeaseError::NotFound)
         ));
         assert_eq!(current_rev(&engine), before);
@@ -611,11 +665,149 @@ mod tests {
         };
         let result = apply(
             &engine,
-            &RaftRequest {
+            &[RaftRequest {
                 request: Some(Request::Txn(txn)),
-            },
+            }],
         );
         assert!(result.is_err(), "a corrupt record must fail apply");
         assert_eq!(current_rev(&engine), 1);
+    }
+
+    fn raft(request: Request) -> RaftRequest {
+        RaftRequest { request: Some(request) }
+    }
+
+    fn revision_of_answer(resp: &RaftResponse) -> Option<i64> {
+        match resp {
+            RaftResponse::Put(p) => p.header.as_ref().map(|h| h.revision),
+            RaftResponse::DeleteRange(d) => d.header.as_ref().map(|h| h.revision),
+            RaftResponse::Txn(t) => t.header.as_ref().map(|h| h.revision),
+            _ => None,
+        }
+    }
+
+    fn put_op(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(
+                crate::proto::etcdserverpb::PutRequest {
+                    key: key.into(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    /// A group-commit entry's KV requests are one batch, each request at the revision it
+    /// would get alone and seeing the ones before it; a lease request ends the run.
+    #[test]
+    fn a_run_of_kv_requests_is_one_batch_with_a_revision_each() {
+        let (_dir, engine) = engine();
+        let start = current_rev(&engine);
+        let reqs = [
+            raft(put("a", NO_LEASE)),
+            raft(put("a", NO_LEASE)),
+            // Refused (no such key to keep the value of): no write, no revision.
+            raft(Request::Put(crate::proto::etcdserverpb::PutRequest {
+                key: "zz".into(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+            raft(Request::DeleteRange(crate::proto::etcdserverpb::DeleteRangeRequest {
+                key: "a".into(),
+                ..Default::default()
+            })),
+            raft(put("a", NO_LEASE)),
+            raft(grant(7, 10)),
+            raft(put("b", 7)),
+        ];
+        let applied = apply(&engine, &reqs).expect("apply");
+        assert_eq!(applied.responses.len(), 5, "the grant starts a run of its own");
+        let revs: Vec<Option<i64>> = applied.responses.iter().map(revision_of_answer).collect();
+        assert_eq!(
+            revs,
+            [Some(start + 1), Some(start + 2), None, Some(start + 3), Some(start + 4)]
+        );
+        assert!(matches!(
+            rejection(applied.responses[2].clone()),
+            Rejection::Kv(KvError::KeyNotFound)
+        ));
+        let events = &applied.effects.events;
+        let shape: Vec<(i32, i64, i64)> = events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref().expect("kv");
+                (e.r#type, kv.mod_revision, kv.version)
+            })
+            .collect();
+        let (put_t, del_t) = (EventType::Put as i32, EventType::Delete as i32);
+        assert_eq!(
+            shape,
+            [
+                (put_t, start + 1, 1),
+                (put_t, start + 2, 2),
+                (del_t, start + 3, 0),
+                (put_t, start + 4, 1)
+            ]
+        );
+        assert_eq!(
+            events[1].prev_kv.as_ref().map(|p| p.version),
+            Some(1),
+            "sees the run's first put"
+        );
+        engine.write(applied.batch, false).expect("write");
+        assert_eq!(current_rev(&engine), start + 4);
+        let now = get(&engine, "a", 0).expect("range");
+        assert_eq!((now[0].create_revision, now[0].version), (start + 4, 1));
+        assert_eq!(get(&engine, "a", start + 2).expect("range")[0].version, 2);
+
+        let applied = apply(&engine, &reqs[5..]).expect("apply");
+        assert_eq!(applied.responses.len(), 1, "a lease request goes alone");
+        engine.write(applied.batch, false).expect("write");
+        let applied = apply(&engine, &reqs[6..]).expect("apply");
+        assert_eq!(
+            applied.responses.iter().map(revision_of_answer).collect::<Vec<_>>(),
+            [Some(start + 5)]
+        );
+    }
+
+    #[test]
+    fn a_txn_in_a_run_compares_against_the_earlier_writes_and_a_past_read_goes_alone() {
+        let (_dir, engine) = engine();
+        let version_is_one = crate::proto::etcdserverpb::TxnRequest {
+            compare: vec![Compare {
+                key: b"a".to_vec(),
+                target: compare::CompareTarget::Version as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::Version(1)),
+                ..Default::default()
+            }],
+            success: vec![put_op("then")],
+            failure: vec![put_op("else")],
+        };
+        let past_read = crate::proto::etcdserverpb::TxnRequest {
+            success: vec![
+                put_op("c"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: b"a".to_vec(),
+                        revision: 2,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        let reqs = [
+            raft(put("a", NO_LEASE)),
+            raft(Request::Txn(version_is_one)),
+            raft(Request::Txn(past_read)),
+        ];
+        let applied = apply(&engine, &reqs).expect("apply");
+        assert_eq!(applied.responses.len(), 2, "a txn reading a past revision starts a run");
+        assert!(matches!(&applied.responses[1], RaftResponse::Txn(t) if t.succeeded));
+        engine.write(applied.batch, false).expect("write");
+        assert_eq!(get(&engine, "then", 0).expect("range").len(), 1);
+        assert!(get(&engine, "else", 0).expect("range").is_empty());
     }
 }

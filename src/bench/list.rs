@@ -123,7 +123,7 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<Summary, BenchError> {
                     listed += resp.kvs.len();
                     match resp.kvs.last() {
                         Some(last) if resp.more => {
-                            key = last.key.clone();
+                            key = last.key.to_vec();
                             key.push(0);
                         }
                         _ => break Ok(()),

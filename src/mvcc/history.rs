@@ -2,6 +2,8 @@
 //! through the `rev` column family with values and previous versions from `kv`. A watcher
 //! that fell behind the live stream catches up with it, through the read facade.
 
+use prost::bytes::Bytes;
+
 use super::key::{decode_rev_key, kv_key, rev_key, user_key_prefix};
 use super::store::{decode_put, is_tombstone, Revisions};
 use super::{Event, EventType, KeyRange, KeyValue, Revision};
@@ -89,7 +91,7 @@ pub(super) fn read(
             let tombstone = is_tombstone(std::slice::from_ref(kind))?;
             let kv = if tombstone {
                 KeyValue {
-                    key: key.to_vec(),
+                    key: Bytes::copy_from_slice(key),
                     mod_revision: main,
                     ..Default::default()
                 }

@@ -255,7 +255,7 @@ pub fn put(
     }
     let value = match (&prev, p.ignore_value) {
         (Some(prev), true) => prev.value.clone(),
-        _ => p.value.clone(),
+        _ => p.value.clone().into(),
     };
     let lease = match (&prev, p.ignore_lease) {
         (Some(prev), true) => prev.lease,
@@ -301,7 +301,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(v)
+            kv.value.as_ref().cmp(v)
         }
         _ => {
             let (have, want) = match (target, &c.target_union) {

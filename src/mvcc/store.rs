@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
 use prost::Message;
 
 use super::key::{after_all_versions, decode_kv_key, kv_key, rev_key, user_key_prefix};
@@ -20,7 +21,7 @@ const RECORD_TOMBSTONE: u8 = 2;
 /// the RocksDB key already).
 fn encode_put(kv: &KeyValue) -> Vec<u8> {
     let stored = KeyValue {
-        key: Vec::new(),
+        key: Bytes::new(),
         ..kv.clone()
     };
     let mut out = Vec::with_capacity(1 + stored.encoded_len());
@@ -55,7 +56,7 @@ fn decode_lease(raw: &[u8]) -> storage::Result<i64> {
 
 pub(super) fn decode_put(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
     let mut kv = KeyValue::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
-    kv.key = key;
+    kv.key = key.into();
     Ok(kv)
 }
 
@@ -76,11 +77,11 @@ struct StoredHeader {
 fn decode_put_keys_only(key: Vec<u8>, raw: &[u8]) -> storage::Result<KeyValue> {
     let h = StoredHeader::decode(&raw[1..]).map_err(|e| storage::Error::corrupt(Cf::Kv, e.to_string()))?;
     Ok(KeyValue {
-        key,
+        key: key.into(),
         create_revision: h.create_revision,
         mod_revision: h.mod_revision,
         version: h.version,
-        value: Vec::new(),
+        value: Bytes::new(),
         lease: h.lease,
     })
 }
@@ -206,7 +207,7 @@ pub trait KvRead {
 
 /// A write transaction's mutations.
 pub trait KvWrite: KvRead {
-    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Revision, KvError>;
+    fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> Result<Revision, KvError>;
     /// Deletes the live keys in `range`; returns how many and the revision of the txn.
     fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, Revision), KvError>;
 }
@@ -397,6 +398,11 @@ impl<'e> WriteTxn<'e> {
         self.begin_rev() + self.earlier_revisions + 1
     }
 
+    /// Writes so far: a request that leaves this unchanged changed nothing.
+    pub fn writes(&self) -> usize {
+        self.batch.len()
+    }
+
     /// Whether the current revision has changes.
     pub fn has_changes(&self) -> bool {
         self.changes > 0
@@ -467,7 +473,7 @@ impl KvRead for WriteTxn<'_> {
         }
         // Reading the txn's own revision: the state before it, with its changes laid over.
         let (base, _) = self.reader.scan(range, self.begin_rev(), &RangeOptions::default())?;
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.to_vec(), kv)).collect();
         for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
             match state {
                 Some(kv) => merged.insert(key.clone(), kv.clone()),
@@ -491,11 +497,11 @@ impl KvRead for WriteTxn<'_> {
 }
 
 impl KvWrite for WriteTxn<'_> {
-    fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Revision, KvError> {
+    fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> Result<Revision, KvError> {
         let rev = self.txn_rev();
         let prev = self.latest(key)?;
         let kv = KeyValue {
-            key: key.to_vec(),
+            key: Bytes::copy_from_slice(key),
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -549,7 +555,7 @@ impl KvWrite for WriteTxn<'_> {
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(KeyValue {
-                    key,
+                    key: key.into(),
                     mod_revision: rev,
                     ..Default::default()
                 }),

@@ -59,7 +59,7 @@ fn get_at(engine: &Engine, key: &str, rev: i64) -> Result<Option<String>, KvErro
             ..Default::default()
         },
     )?;
-    Ok(rr.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
+    Ok(rr.kvs.first().map(|kv| String::from_utf8(kv.value.to_vec()).unwrap()))
 }
 
 fn revs_of(engine: &Engine) -> Revisions {
@@ -176,7 +176,7 @@ fn txn_reads_see_earlier_writes_and_compares_see_the_state_before() {
     let Some(response_op::Response::ResponseRange(rr)) = &nested.responses[0].response else {
         panic!("range response expected");
     };
-    let keys: Vec<&[u8]> = rr.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = rr.kvs.iter().map(|kv| kv.key.as_ref()).collect();
     assert_eq!(keys, vec![&b"p/2"[..]], "the nested range sees the put and the delete");
     assert_eq!(rr.header.as_ref().unwrap().revision, 3);
 }
@@ -235,9 +235,9 @@ fn one_txn_can_write_a_run_of_revisions() {
     let (_dir, engine) = engine();
     let start = put(&engine, "a", "0");
     let mut txn = WriteTxn::begin(&engine).unwrap();
-    txn.put(b"a", b"1".to_vec(), 0).unwrap();
+    txn.put(b"a", b"1".to_vec().into(), 0).unwrap();
     txn.next_revision();
-    txn.put(b"b", b"1".to_vec(), 0).unwrap();
+    txn.put(b"b", b"1".to_vec().into(), 0).unwrap();
     txn.next_revision();
     txn.next_revision(); // nothing written since: no empty revision
     let (deleted, rev) = txn.delete_range(&KeyRange::Single(b"a".to_vec())).unwrap();
@@ -264,7 +264,7 @@ fn compaction_finishes_through_a_revision_larger_than_a_step() {
     }
     let mut txn = WriteTxn::begin(&e).unwrap();
     for i in 0..7 {
-        txn.put(format!("k{i}").as_bytes(), b"new".to_vec(), 0).unwrap();
+        txn.put(format!("k{i}").as_bytes(), b"new".to_vec().into(), 0).unwrap();
     }
     e.write(txn.finish().0, false).unwrap(); // 9: seven keys
     compact(&e, 9);
@@ -307,9 +307,9 @@ fn compaction_of_many_versions_of_one_key() {
 fn delete_range_detaches_leases_and_sees_the_txns_own_writes_without_reading_values() {
     let (_dir, engine) = engine();
     let mut txn = WriteTxn::begin(&engine).unwrap();
-    txn.put(b"a", b"big".repeat(1000), 7).unwrap();
-    txn.put(b"b", b"v".to_vec(), 0).unwrap();
-    txn.put(b"d", b"v".to_vec(), 8).unwrap();
+    txn.put(b"a", b"big".repeat(1000).into(), 7).unwrap();
+    txn.put(b"b", b"v".to_vec().into(), 0).unwrap();
+    txn.put(b"d", b"v".to_vec().into(), 8).unwrap();
     engine.write(txn.finish().0, false).unwrap();
     let reader = Reader::new(&engine).unwrap();
     let keys = reader
@@ -320,7 +320,7 @@ fn delete_range_detaches_leases_and_sees_the_txns_own_writes_without_reading_val
     // One txn over two revisions: a put of "c" with a lease, then a delete of the range,
     // which must count and detach "c" from the txn's own overlay.
     let mut txn = WriteTxn::begin(&engine).unwrap();
-    txn.put(b"c", b"v".to_vec(), 9).unwrap();
+    txn.put(b"c", b"v".to_vec().into(), 9).unwrap();
     txn.next_revision();
     let (deleted, rev) = txn.delete_range(&KeyRange::from_request(b"b", b"z")).unwrap();
     assert_eq!((deleted, rev), (3, 4));
@@ -331,7 +331,7 @@ fn delete_range_detaches_leases_and_sees_the_txns_own_writes_without_reading_val
         .filter(|e| e.r#type == super::EventType::Delete as i32)
         .map(|e| {
             let kv = e.kv.as_ref().unwrap();
-            (kv.key.as_slice(), kv.mod_revision, e.prev_kv.is_some())
+            (kv.key.as_ref(), kv.mod_revision, e.prev_kv.is_some())
         })
         .collect();
     assert_eq!(
@@ -385,8 +385,8 @@ fn scans_at_every_revision_match_a_model() {
             .iter()
             .map(|kv| {
                 (
-                    String::from_utf8(kv.key.clone()).unwrap(),
-                    String::from_utf8(kv.value.clone()).unwrap(),
+                    String::from_utf8(kv.key.to_vec()).unwrap(),
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
                 )
             })
             .collect();
@@ -402,7 +402,7 @@ fn scans_at_every_revision_match_a_model() {
         let want: Vec<&String> = state.keys().take(2).collect();
         let got: Vec<String> = kvs
             .iter()
-            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .map(|kv| String::from_utf8(kv.key.to_vec()).unwrap())
             .collect();
         assert_eq!(got.iter().collect::<Vec<_>>(), want, "limit at {at}");
         assert!(kvs
@@ -414,7 +414,7 @@ fn scans_at_every_revision_match_a_model() {
             let (kvs, _) = reader
                 .scan(&KeyRange::Single(key.into()), at, &RangeOptions::default())
                 .unwrap();
-            let got = kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap());
+            let got = kvs.first().map(|kv| String::from_utf8(kv.value.to_vec()).unwrap());
             assert_eq!(got.as_ref(), state.get(key), "{key} at {at}");
         }
         // A span ending inside the keys: "b\0" sorts after "b" and before "c".
@@ -444,7 +444,7 @@ fn keys_only_sorted_by_value_sorts_by_the_values_it_does_not_return() {
         ..Default::default()
     };
     let resp = ops::range(&reader, &r).unwrap();
-    let keys: Vec<&[u8]> = resp.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    let keys: Vec<&[u8]> = resp.kvs.iter().map(|kv| kv.key.as_ref()).collect();
     assert_eq!(keys, vec![&b"a"[..], b"c", b"b"]);
     assert!(resp.kvs.iter().all(|kv| kv.value.is_empty()));
 }

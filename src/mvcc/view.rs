@@ -197,7 +197,7 @@ mod tests {
             .unwrap();
         let values: Vec<Option<&[u8]>> = found
             .iter()
-            .map(|(_, kv)| kv.as_ref().map(|kv| kv.value.as_slice()))
+            .map(|(_, kv)| kv.as_ref().map(|kv| kv.value.as_ref()))
             .collect();
         assert_eq!(values, vec![Some(&b"2"[..]), None]);
         assert_eq!(found[0].1.as_ref().unwrap().version, 2);
@@ -223,7 +223,7 @@ mod tests {
             .range(&r)?
             .kvs
             .first()
-            .map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
+            .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap()))
     }
 
     fn txn_range_at(view: &StoreView, revision: i64) -> Result<TxnResponse, KvError> {
@@ -303,9 +303,9 @@ mod tests {
                 let kv = e.kv.as_ref().unwrap();
                 (
                     EventType::try_from(e.r#type).unwrap(),
-                    String::from_utf8(kv.key.clone()).unwrap(),
+                    String::from_utf8(kv.key.to_vec()).unwrap(),
                     kv.mod_revision,
-                    e.prev_kv.as_ref().map(|p| String::from_utf8(p.value.clone()).unwrap()),
+                    e.prev_kv.as_ref().map(|p| String::from_utf8(p.value.to_vec()).unwrap()),
                 )
             })
             .collect()

@@ -73,10 +73,10 @@ mod tests {
 
     impl Application for NoApp {
         type Effects = ();
-        fn apply(&self, engine: &Engine, _req: &RaftRequest) -> storage::Result<Applied<()>> {
+        fn apply(&self, engine: &Engine, _reqs: &[RaftRequest]) -> storage::Result<Applied<()>> {
             Ok(Applied {
                 batch: WriteBatch::new(engine),
-                response: RaftResponse::Empty(Blank {}),
+                responses: vec![RaftResponse::Empty(Blank {})],
                 effects: (),
             })
         }

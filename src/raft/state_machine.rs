@@ -24,21 +24,25 @@ use crate::proto::cairnpb::{self, raft_request, RaftRequest};
 use crate::storage::schema::meta;
 use crate::storage::{self, Cf, Cursor, Engine, ReadView, WriteBatch};
 
-/// One applied request: the writes (empty if it was refused), the answer, and what the
-/// application tells its observers once the batch is written.
+/// The first requests of a slice, applied together: their writes in one batch, one answer
+/// each in order (refused requests write nothing), and what the application tells its
+/// observers once the batch is written.
 pub struct Applied<E> {
     pub batch: WriteBatch,
-    pub response: RaftResponse,
+    pub responses: Vec<RaftResponse>,
     pub effects: E,
 }
 
-/// The application's semantics, kept out of raft: how a request becomes writes, and who
+/// The application's semantics, kept out of raft: how requests become writes, and who
 /// hears about them. Raft adds the entry's log id to the batch and writes it.
 pub trait Application: Send + Sync + 'static {
     type Effects: Send + 'static;
-    /// Applies one request; an error is a storage fault, fatal to the member.
-    fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied<Self::Effects>>;
-    /// The request's batch is written: observers learn what it changed.
+    /// Applies the first of `reqs` (never an empty slice), and as many of those after it as
+    /// the application can write in the same batch: one RocksDB write for many requests of
+    /// a group-commit entry. Each request's reads see the ones before it. An error is a
+    /// storage fault, fatal to the member.
+    fn apply(&self, engine: &Engine, reqs: &[RaftRequest]) -> storage::Result<Applied<Self::Effects>>;
+    /// The batch is written: observers learn what it changed.
     fn applied(&self, effects: Self::Effects);
     /// A snapshot replaced the state: observers reload from it.
     fn reload(&self, engine: &Engine) -> storage::Result<()>;
@@ -123,11 +127,11 @@ fn load(engine: &Engine, data: &[u8]) -> storage::Result<WriteBatch> {
 
 /// Applies one entry and records it applied in the same RocksDB batch as its effects.
 ///
-/// A batch entry (group commit) is applied request by request, each in a batch of its own
-/// that also records how far the entry got (`meta::APPLIED_PART`); the last request's batch
-/// records the entry's log id instead. After a crash in the middle, the entry is applied
-/// again from its first request not yet applied: every request is applied exactly once, at
-/// the same revision on every member.
+/// A batch entry (group commit) is applied in runs of requests the application writes
+/// together (usually the whole entry), each run's batch also recording how far the entry got
+/// (`meta::APPLIED_PART`); the last run's batch records the entry's log id instead. After a
+/// crash in the middle, the entry is applied again from its first request not yet applied:
+/// every request is applied exactly once, at the same revision on every member.
 fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> storage::Result<RaftResponse> {
     let log_id = log_id_to_pb(&entry.log_id);
     let mark_applied = |batch: &mut WriteBatch| batch.put(Cf::Meta, meta::LAST_APPLIED, &log_id.encode_to_vec());
@@ -136,12 +140,13 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
             request: Some(raft_request::Request::Batch(batch)),
         }) => &batch.requests,
         EntryPayload::Normal(req) => {
-            let applied = app.apply(engine, req)?;
+            let applied = app.apply(engine, std::slice::from_ref(req))?;
+            let response = one_answer(applied.responses, 1)?.pop();
             let mut batch = applied.batch;
             mark_applied(&mut batch);
             engine.write(batch, false)?;
             app.applied(applied.effects);
-            return Ok(applied.response);
+            return response.ok_or_else(|| storage::Error::Engine("no answer".into()));
         }
         EntryPayload::Blank => {
             let mut batch = WriteBatch::new(engine);
@@ -162,33 +167,33 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
             return Ok(RaftResponse::Empty(cairnpb::Blank {}));
         }
     };
-    let done = applied_part(engine, &log_id)?;
-    let mut responses = Vec::with_capacity(requests.len());
-    for (i, req) in requests.iter().enumerate() {
-        if i < done {
-            // Applied before a restart: nobody waits for its answer any more.
-            responses.push(cairnpb::RaftResponse {
-                response: Some(RaftResponse::Empty(cairnpb::Blank {})),
-            });
-            continue;
-        }
-        let applied = app.apply(engine, req)?;
+    let mut done = applied_part(engine, &log_id)?.min(requests.len());
+    // Applied before a restart: nobody waits for their answers any more.
+    let mut responses = vec![
+        cairnpb::RaftResponse {
+            response: Some(RaftResponse::Empty(cairnpb::Blank {})),
+        };
+        done
+    ];
+    while done < requests.len() {
+        let rest = &requests[done..];
+        let applied = app.apply(engine, rest)?;
+        let answers = one_answer(applied.responses, rest.len())?;
+        done += answers.len();
         let mut batch = applied.batch;
-        if i + 1 == requests.len() {
+        if done == requests.len() {
             mark_applied(&mut batch);
             batch.delete(Cf::Meta, meta::APPLIED_PART);
         } else {
             let part = cairnpb::AppliedPart {
                 log_id: Some(log_id),
-                done: u32::try_from(i + 1).map_err(|_| storage::Error::corrupt(Cf::Meta, "batch too long"))?,
+                done: u32::try_from(done).map_err(|_| storage::Error::corrupt(Cf::Meta, "batch too long"))?,
             };
             batch.put(Cf::Meta, meta::APPLIED_PART, &part.encode_to_vec());
         }
         engine.write(batch, false)?;
         app.applied(applied.effects);
-        responses.push(cairnpb::RaftResponse {
-            response: Some(applied.response),
-        });
+        responses.extend(answers.into_iter().map(|r| cairnpb::RaftResponse { response: Some(r) }));
     }
     if requests.is_empty() {
         let mut batch = WriteBatch::new(engine);
@@ -196,6 +201,18 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
         engine.write(batch, false)?;
     }
     Ok(RaftResponse::Batch(cairnpb::RaftResponses { responses }))
+}
+
+/// The application's answers to a run of requests: at least one, at most `asked`. Anything
+/// else is a bug that would misnumber every later revision: fatal, like a storage fault.
+fn one_answer(answers: Vec<RaftResponse>, asked: usize) -> storage::Result<Vec<RaftResponse>> {
+    if answers.is_empty() || answers.len() > asked {
+        return Err(storage::Error::Engine(format!(
+            "the application answered {} of {asked} requests",
+            answers.len()
+        )));
+    }
+    Ok(answers)
 }
 
 /// How many requests of the batch entry `log_id` were applied before a restart.
@@ -346,23 +363,30 @@ mod tests {
     use crate::proto::cairnpb::RaftBatch;
     use crate::proto::etcdserverpb::{PutRequest, PutResponse};
 
-    /// Writes each put's key to `meta` under `t/`, and counts the requests it applied.
+    /// Writes each put's key to `meta` under `t/`, up to `run` requests a batch (one when
+    /// zero), and counts the requests it applied.
     #[derive(Default)]
     struct Recorder {
+        run: usize,
         applied: AtomicUsize,
+        batches: AtomicUsize,
     }
 
     impl Application for Recorder {
         type Effects = ();
-        fn apply(&self, engine: &Engine, req: &RaftRequest) -> storage::Result<Applied<()>> {
-            self.applied.fetch_add(1, Ordering::SeqCst);
+        fn apply(&self, engine: &Engine, reqs: &[RaftRequest]) -> storage::Result<Applied<()>> {
+            let reqs = &reqs[..reqs.len().min(self.run.max(1))];
+            self.applied.fetch_add(reqs.len(), Ordering::SeqCst);
+            self.batches.fetch_add(1, Ordering::SeqCst);
             let mut batch = WriteBatch::new(engine);
-            if let Some(raft_request::Request::Put(p)) = &req.request {
-                batch.put(Cf::Meta, &[b"t/", p.key.as_slice()].concat(), &p.value);
+            for req in reqs {
+                if let Some(raft_request::Request::Put(p)) = &req.request {
+                    batch.put(Cf::Meta, &[b"t/", p.key.as_slice()].concat(), &p.value);
+                }
             }
             Ok(Applied {
                 batch,
-                response: RaftResponse::Put(PutResponse::default()),
+                responses: vec![RaftResponse::Put(PutResponse::default()); reqs.len()],
                 effects: (),
             })
         }
@@ -408,12 +432,56 @@ mod tests {
         let resp = apply_entry(&engine, &app, &batch_entry(3, &["a", "b", "c"])).unwrap();
         assert_eq!(answers(resp).len(), 3);
         assert_eq!(app.applied.load(Ordering::SeqCst), 3);
+        assert_eq!(app.batches.load(Ordering::SeqCst), 3);
         let (last, _) = applied_state_of(&engine).unwrap();
         assert_eq!(last.map(|id| id.index), Some(3));
         assert_eq!(engine.get(Cf::Meta, meta::APPLIED_PART).unwrap(), None);
         for key in ["t/a", "t/b", "t/c"] {
             assert!(engine.get(Cf::Meta, key.as_bytes()).unwrap().is_some(), "{key}");
         }
+    }
+
+    #[test]
+    fn requests_written_together_share_one_batch_and_a_run_cut_short_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), None).unwrap();
+        let app = Recorder {
+            run: 2,
+            ..Default::default()
+        };
+        let resp = apply_entry(&engine, &app, &batch_entry(4, &["a", "b", "c", "d", "e"])).unwrap();
+        assert_eq!(answers(resp).len(), 5);
+        assert_eq!(app.applied.load(Ordering::SeqCst), 5);
+        assert_eq!(app.batches.load(Ordering::SeqCst), 3, "runs of 2, 2 and 1");
+        assert_eq!(applied_state_of(&engine).unwrap().0.map(|id| id.index), Some(4));
+        assert_eq!(engine.get(Cf::Meta, meta::APPLIED_PART).unwrap(), None);
+
+        // A marker in the middle of a run: the run starts again from there.
+        let entry = batch_entry(5, &["f", "g", "h", "i"]);
+        let mut batch = WriteBatch::new(&engine);
+        let part = cairnpb::AppliedPart {
+            log_id: Some(log_id_to_pb(&entry.log_id)),
+            done: 1,
+        };
+        batch.put(Cf::Meta, meta::APPLIED_PART, &part.encode_to_vec());
+        engine.write(batch, false).unwrap();
+        apply_entry(&engine, &app, &entry).unwrap();
+        assert_eq!(app.applied.load(Ordering::SeqCst), 8, "g, h, i");
+        assert!(engine.get(Cf::Meta, b"t/f").unwrap().is_none());
+        assert!(engine.get(Cf::Meta, b"t/i").unwrap().is_some());
+    }
+
+    /// An application answering more requests than it was given is refused, not trusted.
+    #[test]
+    fn an_application_answering_nothing_or_too_much_stops_the_apply() {
+        assert!(one_answer(Vec::new(), 3).is_err());
+        assert!(one_answer(vec![RaftResponse::Empty(cairnpb::Blank {}); 2], 1).is_err());
+        assert_eq!(
+            one_answer(vec![RaftResponse::Empty(cairnpb::Blank {})], 1)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

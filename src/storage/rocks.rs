@@ -281,6 +281,10 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
     }
+    /// Writes in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! waits on a stream, nothing is lost, and memory does not grow with a slow client.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -105,10 +106,10 @@ impl StreamQueue {
 
 type StreamId = u64;
 type InterestId = u64;
-/// A range interest's start key, and the interest (starts can repeat).
-type RangeStart = (Vec<u8>, InterestId);
-/// The end of a range interest (`None`: every key from the start on) and its stream.
-type RangeInterest = (Option<Vec<u8>>, StreamId);
+/// How many interests each stream has in one key or one range.
+type Streams = HashMap<StreamId, usize>;
+/// The ends of the ranges sharing one start (`None`: every key from the start on).
+type RangeEnds = HashMap<Option<Vec<u8>>, Streams>;
 
 /// Which streams cover which keys. A stream with two watchers on one key has two
 /// interests, so cancelling one keeps the other.
@@ -118,9 +119,11 @@ struct Registry {
     streams: HashMap<StreamId, Arc<StreamQueue>>,
     interests: HashMap<InterestId, (StreamId, KeyRange)>,
     /// Single-key interests: key → stream → how many.
-    keys: HashMap<Vec<u8>, HashMap<StreamId, usize>>,
-    /// Range interests by start key.
-    ranges: BTreeMap<RangeStart, RangeInterest>,
+    keys: HashMap<Vec<u8>, Streams>,
+    /// Range interests: start → end → stream → how many. Watchers of one range (a
+    /// thousand controllers watching one prefix) share an entry, so matching a key costs
+    /// one step per distinct range, not per watcher.
+    ranges: BTreeMap<Vec<u8>, RangeEnds>,
 }
 
 impl Registry {
@@ -134,14 +137,69 @@ impl Registry {
         if let Some(streams) = self.keys.get(key) {
             out.extend(streams.keys());
         }
-        // Ranges starting at or before `key` (a linear walk: an interval tree would skip
-        // those that end before it).
-        for ((_, _), (end, stream)) in self.ranges.range(..(key.to_vec(), InterestId::MAX)) {
-            if end.as_deref().is_none_or(|e| key < e) {
-                out.push(*stream);
+        // Distinct ranges starting at or before `key` (a linear walk: an interval tree
+        // would skip those that end before it).
+        for ends in self
+            .ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .map(|(_, ends)| ends)
+        {
+            for (end, streams) in ends {
+                if end.as_deref().is_none_or(|e| key < e) {
+                    out.extend(streams.keys());
+                }
             }
         }
     }
+
+    fn add(&mut self, stream: StreamId, range: &KeyRange) {
+        let streams = match range {
+            KeyRange::Single(key) => self.keys.entry(key.clone()).or_default(),
+            KeyRange::Span { start, end } => self
+                .ranges
+                .entry(start.clone())
+                .or_default()
+                .entry(end.clone())
+                .or_default(),
+        };
+        *streams.entry(stream).or_default() += 1;
+    }
+
+    fn remove(&mut self, id: InterestId) {
+        let Some((stream, range)) = self.interests.remove(&id) else {
+            return;
+        };
+        match range {
+            KeyRange::Single(key) => {
+                if let Some(streams) = self.keys.get_mut(&key) {
+                    if forget(streams, stream) {
+                        self.keys.remove(&key);
+                    }
+                }
+            }
+            KeyRange::Span { start, end } => {
+                if let Some(ends) = self.ranges.get_mut(&start) {
+                    if ends.get_mut(&end).is_some_and(|streams| forget(streams, stream)) {
+                        ends.remove(&end);
+                    }
+                    if ends.is_empty() {
+                        self.ranges.remove(&start);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts one interest of `stream` less; true when no stream is left.
+fn forget(streams: &mut Streams, stream: StreamId) -> bool {
+    if let Some(n) = streams.get_mut(&stream) {
+        *n -= 1;
+        if *n == 0 {
+            streams.remove(&stream);
+        }
+    }
+    streams.is_empty()
 }
 
 /// Shared by the state machine (publisher) and the watch API (subscribers).
@@ -244,26 +302,14 @@ impl Subscription {
     pub fn watch(&self, range: &KeyRange) -> Interest {
         let mut registry = self.hub.registry();
         let id = registry.id();
-        match range {
-            KeyRange::Single(key) => {
-                *registry
-                    .keys
-                    .entry(key.clone())
-                    .or_default()
-                    .entry(self.id)
-                    .or_default() += 1;
-            }
-            KeyRange::Span { start, end } => {
-                registry.ranges.insert((start.clone(), id), (end.clone(), self.id));
-            }
-        }
+        registry.add(self.id, range);
         registry.interests.insert(id, (self.id, range.clone()));
         Interest(id)
     }
 
     pub fn unwatch(&self, interest: Interest) {
         let mut registry = self.hub.registry();
-        remove_interest(&mut registry, interest.0);
+        registry.remove(interest.0);
     }
 
     /// The next delivery, waiting for one.
@@ -283,30 +329,6 @@ impl Subscription {
     }
 }
 
-fn remove_interest(registry: &mut Registry, id: InterestId) {
-    let Some((stream, range)) = registry.interests.remove(&id) else {
-        return;
-    };
-    match range {
-        KeyRange::Single(key) => {
-            if let Some(streams) = registry.keys.get_mut(&key) {
-                if let Some(n) = streams.get_mut(&stream) {
-                    *n -= 1;
-                    if *n == 0 {
-                        streams.remove(&stream);
-                    }
-                }
-                if streams.is_empty() {
-                    registry.keys.remove(&key);
-                }
-            }
-        }
-        KeyRange::Span { start, .. } => {
-            registry.ranges.remove(&(start, id));
-        }
-    }
-}
-
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut registry = self.hub.registry();
@@ -317,7 +339,7 @@ impl Drop for Subscription {
             .map(|(id, _)| *id)
             .collect();
         for id in mine {
-            remove_interest(&mut registry, id);
+            registry.remove(id);
         }
         registry.streams.remove(&self.id);
     }
@@ -332,8 +354,8 @@ mod tests {
         Event {
             r#type: EventType::Put as i32,
             kv: Some(KeyValue {
-                key: key.into(),
-                value: vec![b'x'; value_len],
+                key: key.as_bytes().to_vec().into(),
+                value: vec![b'x'; value_len].into(),
                 mod_revision: rev,
                 create_revision: rev,
                 version: 1,
@@ -382,6 +404,42 @@ mod tests {
         let registry = hub.registry();
         assert!(registry.ranges.is_empty(), "a dropped stream leaves no interest behind");
         assert_eq!(registry.streams.len(), 2);
+    }
+
+    #[test]
+    fn watchers_of_one_range_share_an_entry_until_the_last_goes() {
+        let hub = Hub::new(1);
+        let (a, b) = (hub.subscribe(), hub.subscribe());
+        let prefix = KeyRange::from_request(b"p/", b"p0");
+        let a_interests: Vec<Interest> = (0..3).map(|_| a.watch(&prefix)).collect();
+        let b_interest = b.watch(&prefix);
+        let open_ended = b.watch(&KeyRange::from_request(b"p/", b"\0"));
+        {
+            let registry = hub.registry();
+            assert_eq!(registry.ranges.len(), 1, "one start key");
+            assert_eq!(registry.ranges[b"p/".as_slice()].len(), 2, "two distinct ends");
+        }
+        hub.publish(2, vec![put("p/x", 1, 2)]);
+        assert_eq!(revision(a.try_recv()).0, 2);
+        assert_eq!(revision(b.try_recv()).0, 2);
+        assert!(
+            a.try_recv().is_none() && b.try_recv().is_none(),
+            "one delivery per stream"
+        );
+
+        for i in &a_interests[..2] {
+            a.unwatch(*i);
+        }
+        b.unwatch(b_interest);
+        hub.publish(3, vec![put("p/y", 1, 3), put("q", 1, 3)]);
+        assert_eq!(revision(a.try_recv()).0, 3, "a keeps one interest");
+        assert_eq!(revision(b.try_recv()).0, 3, "b's open-ended range covers q too");
+
+        a.unwatch(a_interests[2]);
+        b.unwatch(open_ended);
+        hub.publish(4, vec![put("p/z", 1, 4)]);
+        assert!(a.try_recv().is_none() && b.try_recv().is_none());
+        assert!(hub.registry().ranges.is_empty(), "nothing left behind");
     }
 
     #[test]

@@ -463,8 +463,10 @@ impl KvRead for WriteTxn<'_> {
             compacted: self.compacted(),
         };
         let at = revs.read_at(opts.rev)?;
-        if at <= self.begin_rev() {
-            let (kvs, count) = self.reader.scan(range, at, opts)?;
+        // Where this txn changed no key of the range, the stored state is the state at `at`:
+        // a read after a write elsewhere in the run stays a bounded scan.
+        if at <= self.begin_rev() || !self.overlay.keys().any(|k| range.contains(k)) {
+            let (kvs, count) = self.reader.scan(range, at.min(self.begin_rev()), opts)?;
             return Ok(RangeResult {
                 kvs,
                 count,

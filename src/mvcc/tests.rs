@@ -254,6 +254,30 @@ fn one_txn_can_write_a_run_of_revisions() {
     assert_eq!(Reader::new(&engine).unwrap().revisions().current, start + 3);
 }
 
+/// A read inside a txn that wrote elsewhere: the stored state, limit and count honoured,
+/// at the txn's revision; a read covering a written key lays the write over.
+#[test]
+fn txn_reads_of_ranges_it_did_not_write_are_plain_scans() {
+    let (_dir, engine) = engine();
+    for k in ["b1", "b2", "b3"] {
+        put(&engine, k, "0");
+    }
+    let mut txn = WriteTxn::begin(&engine).unwrap();
+    let rev = txn.put(b"a", b"1".to_vec().into(), 0).unwrap();
+    let opts = RangeOptions {
+        limit: 1,
+        ..Default::default()
+    };
+    let r = txn.range(&KeyRange::from_request(b"b", b"c"), &opts).unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.rev), (1, 3, rev));
+    assert_eq!(r.kvs[0].key.as_ref(), b"b1");
+    let r = txn
+        .range(&KeyRange::from_request(b"a", b"c"), &RangeOptions::default())
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (4, 4));
+    assert_eq!(r.kvs[0].value.as_ref(), b"1");
+}
+
 /// One revision holding more keys than a compaction step visits, at the compacted
 /// revision itself: the steps go through it (resuming inside it) and finish.
 #[test]

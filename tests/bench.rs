@@ -1,5 +1,6 @@
-//! `cairn bench` end to end: the built binary's put, range and list workloads against a real
-//! `cairn` server, their `--json` summaries, and the keys they wrote read back with etcd-client.
+//! `cairn bench` end to end: the built binary's put, range and list workloads (and the list's
+//! preload by Put or by Txn) against a real `cairn` server, their `--json` summaries, and the
+//! keys they wrote read back with etcd-client.
 
 mod common;
 
@@ -169,6 +170,47 @@ async fn put_range_and_list_against_a_real_server() {
     ] {
         assert!(out.contains(line), "{line:?} not in {out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_preloads_by_put_or_by_txn() {
+    let node = Node::start();
+    let ep = node.endpoint();
+    let mut client = node.client().await;
+
+    // Preload only (no list), one Put a key and 40 keys a Txn: every key arrives.
+    for (prefix, ops) in [("/one/", "1"), ("/txn/", "40")] {
+        let (code, out, err) = bench(
+            &ep,
+            &[
+                "--clients",
+                "4",
+                "--json",
+                "--no-progress",
+                "list",
+                "--key-count",
+                "101",
+                "--val-size",
+                "16",
+                "--prefix",
+                prefix,
+                "--preload-txn-ops",
+                ops,
+                "--total",
+                "0",
+            ],
+        );
+        assert_eq!(code, Some(0), "{out} {err}");
+        assert!(field(&out, "preload_seconds") > 0.0, "{out}");
+        let got = client
+            .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .unwrap();
+        assert_eq!(got.count(), 101, "{prefix} at {ops} a request");
+    }
+    // The Put preload made 101 revisions, the Txn one 3 (40 + 40 + 21 keys).
+    let status = client.status().await.unwrap();
+    assert_eq!(status.header().unwrap().revision(), 1 + 101 + 3);
 }
 
 #[test]

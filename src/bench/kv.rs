@@ -480,7 +480,7 @@ pub async fn txn_mixed(ctx: &Ctx, a: TxnMixedArgs) -> Result<Summary, BenchError
     })
 }
 
-fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
+pub(super) fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key,

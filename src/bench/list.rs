@@ -1,20 +1,22 @@
 //! list: kube-apiserver's paginated LIST of a resource prefix (not in etcd's benchmark).
 //!
-//! Preloads `--key-count` keys under `--prefix`, then each of `--total` lists reads the
-//! prefix as the apiserver's storage layer does: pages of `--page-size` (`limit`) over
+//! Preloads `--key-count` keys under `--prefix` (`--preload-txn-ops` puts a Txn, from every
+//! client), then each of `--total` lists reads the prefix as the apiserver's storage layer
+//! does: pages of `--page-size` (`limit`) over
 //! `[prefix, prefix_end)`, the first at the current revision, the rest at the first page's
 //! revision and from the last key returned plus `\0`, until `more` is false; the keys are
 //! counted and checked against the first page's `count`. Reports the whole-list time (the
 //! headline) and every page's latency.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Args;
 
-use super::report::Recorder;
+use super::report::{self, Recorder, Stats};
 use super::{closed_loop, status_text, BenchError, Ctx, Limiter, Rng, Summary};
-use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+use crate::proto::etcdserverpb::{PutRequest, RangeRequest, TxnRequest};
 
 #[derive(Args, Debug, Clone)]
 pub struct ListArgs {
@@ -27,7 +29,8 @@ pub struct ListArgs {
     /// Total number of whole lists.
     #[arg(long, default_value_t = 100)]
     pub total: u64,
-    /// Value size of the preloaded keys.
+    /// Value size of the preloaded keys (each its own random value: one value repeated would
+    /// flatter a store that compresses).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
     pub val_size: u64,
     /// The prefix to preload and list.
@@ -36,6 +39,10 @@ pub struct ListArgs {
     /// List what is under the prefix already: no preload.
     #[arg(long)]
     pub no_preload: bool,
+    /// Puts a preload Txn carries (1: one Put request a key). The default is etcd's
+    /// --max-txn-ops default, the most a server takes without flags.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub preload_txn_ops: u64,
     /// Linearizable(l) or Serializable(s) pages.
     #[arg(long, default_value = "l", value_parser = ["l", "s"])]
     pub consistency: String,
@@ -61,9 +68,11 @@ impl ListArgs {
 pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<Summary, BenchError> {
     let kvs = ctx.kv_clients();
     let serializable = a.consistency == "s";
-    if !a.no_preload {
-        preload(ctx, &a).await?;
-    }
+    let preloaded = if a.no_preload {
+        None
+    } else {
+        Some(preload(ctx, &a).await?)
+    };
     ctx.note(&format!(
         "bench with {} paginated list of {:?}, pages of {}",
         if serializable { "serializable" } else { "linearizable" },
@@ -160,53 +169,97 @@ pub async fn list(ctx: &Ctx, a: ListArgs) -> Result<Summary, BenchError> {
         text,
         headline: lists.clone(),
         parts: vec![("list", lists), ("page", pages)],
-        extra: vec![
+        extra: [
             ("keys_per_list", keys.to_string()),
             ("pages_per_list", pages_per_list.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain(preloaded.map(|secs| ("preload_seconds", report::json_number(secs))))
+        .collect(),
     })
 }
 
-/// Puts `--key-count` keys under the prefix with every client; a failure stops the
-/// benchmark (a list of a half-loaded prefix measures nothing).
-async fn preload(ctx: &Ctx, a: &ListArgs) -> Result<(), BenchError> {
-    let value = Rng::new().bytes(a.val_size as usize);
+/// Puts `--key-count` keys under the prefix with every client, `--preload-txn-ops` a
+/// request; returns the seconds it took. A failure stops the benchmark (a list of a
+/// half-loaded prefix measures nothing).
+async fn preload(ctx: &Ctx, a: &ListArgs) -> Result<f64, BenchError> {
+    let (mut rng, val_size) = (Rng::new(), a.val_size as usize);
     let width = a.key_count.saturating_sub(1).to_string().len().max(8);
     let prefix = a.prefix.clone();
+    let (key_count, ops) = (a.key_count, a.preload_txn_ops);
+    let requests = batches(key_count, ops);
     let kvs = ctx.kv_clients();
-    let bar = ctx.progress(a.key_count);
-    let run = closed_loop(
-        ctx,
-        a.key_count,
-        None,
-        1,
-        &bar,
-        move |i| PutRequest {
-            key: object_key(&prefix, width, i),
-            value: value.clone(),
-            ..Default::default()
-        },
-        move |c, put| {
-            let mut kv = kvs[c].clone();
-            async move { (0, kv.put(put).await.map(drop).map_err(|s| status_text(&s))) }
-        },
-    )
-    .await;
+    let bar = ctx.progress(requests);
+    let run = if ops == 1 {
+        closed_loop(
+            ctx,
+            requests,
+            None,
+            1,
+            &bar,
+            move |i| PutRequest {
+                key: object_key(&prefix, width, i),
+                value: rng.bytes(val_size),
+                ..Default::default()
+            },
+            move |c, put| {
+                let mut kv = kvs[c].clone();
+                async move { (0, kv.put(put).await.map(drop).map_err(|s| status_text(&s))) }
+            },
+        )
+        .await
+    } else {
+        closed_loop(
+            ctx,
+            requests,
+            None,
+            1,
+            &bar,
+            // Puts only, no compares: the Txn applies unconditionally, as a batch of puts.
+            move |i| TxnRequest {
+                success: batch(i, ops, key_count)
+                    .map(|k| super::kv::put_op(object_key(&prefix, width, k), rng.bytes(val_size)))
+                    .collect(),
+                ..Default::default()
+            },
+            move |c, txn| {
+                let mut kv = kvs[c].clone();
+                async move { (0, kv.txn(txn).await.map(drop).map_err(|s| status_text(&s))) }
+            },
+        )
+        .await
+    };
     bar.finish();
     let stats = super::kv::one(run.slots).stats(run.elapsed);
-    if stats.error_count() > 0 {
-        let (error, n) = stats.errors.first().cloned().unwrap_or_default();
-        return Err(BenchError::Fatal(format!(
-            "preload failed: {} of {} puts failed (most often, {n} times: {error})",
-            stats.error_count(),
-            a.key_count
-        )));
-    }
+    check_preload(&stats, a)?;
     ctx.note(&format!(
-        "Preloaded {} keys of {} bytes under {:?} in {:.4} secs.",
-        a.key_count, a.val_size, a.prefix, stats.total
+        "Preloaded {} keys of {} bytes under {:?} in {:.4} secs ({} a request).",
+        a.key_count, a.val_size, a.prefix, stats.total, ops
     ));
-    Ok(())
+    Ok(stats.total)
+}
+
+fn check_preload(stats: &Stats, a: &ListArgs) -> Result<(), BenchError> {
+    if stats.error_count() == 0 {
+        return Ok(());
+    }
+    let (error, n) = stats.errors.first().cloned().unwrap_or_default();
+    Err(BenchError::Fatal(format!(
+        "preload failed: {} of {} requests failed (most often, {n} times: {error})",
+        stats.error_count(),
+        batches(a.key_count, a.preload_txn_ops)
+    )))
+}
+
+/// Requests that preload `keys` keys at `ops` a request (the last one may carry fewer).
+fn batches(keys: u64, ops: u64) -> u64 {
+    keys.div_ceil(ops)
+}
+
+/// The key numbers request `i` of a preload at `ops` a request puts.
+fn batch(i: u64, ops: u64, keys: u64) -> Range<u64> {
+    let start = i.saturating_mul(ops).min(keys);
+    start..start.saturating_add(ops).min(keys)
 }
 
 #[cfg(test)]
@@ -221,5 +274,28 @@ mod tests {
             .collect();
         assert_eq!(keys[0], b"/p/00000000");
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn preload_batches_cover_every_key_once() {
+        assert_eq!(batches(0, 128), 0);
+        assert_eq!(batches(1, 128), 1);
+        assert_eq!(batches(128, 128), 1);
+        assert_eq!(batches(129, 128), 2);
+        assert_eq!(batches(1_000_000, 128), 7813);
+        assert_eq!(batches(7, 1), 7);
+        for (keys, ops) in [(1_000u64, 128u64), (129, 128), (128, 128), (5, 1), (10, 3), (2, 5)] {
+            let mut next = 0;
+            for i in 0..batches(keys, ops) {
+                let b = batch(i, ops, keys);
+                assert_eq!(b.start, next, "{keys} keys, {ops} ops, request {i}");
+                assert!(!b.is_empty() && b.end - b.start <= ops, "{b:?}");
+                next = b.end;
+            }
+            assert_eq!(next, keys, "{keys} keys at {ops} a request");
+        }
+        // The last request carries the rest.
+        assert_eq!(batch(7812, 128, 1_000_000), 999_936..1_000_000);
+        assert_eq!(batch(u64::MAX, u64::MAX, 10), 10..10);
     }
 }

@@ -745,7 +745,7 @@ mod tests {
         let BenchCommand::List(l) = parse(&["list"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(l.page_size, 500);
+        assert_eq!((l.page_size, l.preload_txn_ops), (500, 128));
     }
 
     #[test]
@@ -758,6 +758,7 @@ mod tests {
             &["range"],
             &["range", "k", "--consistency", "x"],
             &["range", "k", "--count-only", "--keys-only"],
+            &["list", "--preload-txn-ops", "0"],
             &["no-such-workload"],
             &["--dial-timeout", "soon", "put"],
         ] {

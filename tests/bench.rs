@@ -1,6 +1,6 @@
-//! `cairn bench` end to end: the built binary's put, range and list workloads (and the list's
-//! preload by Put or by Txn) against a real `cairn` server, their `--json` summaries, and the
-//! keys they wrote read back with etcd-client.
+//! `cairn bench` end to end: the built binary's put, range, list, watch-fanout and ready
+//! workloads against a real `cairn` server, their `--json` summaries, and the keys they wrote
+//! read back with etcd-client.
 
 mod common;
 
@@ -211,6 +211,55 @@ async fn list_preloads_by_put_or_by_txn() {
     // The Put preload made 101 revisions, the Txn one 3 (40 + 40 + 21 keys).
     let status = client.status().await.unwrap();
     assert_eq!(status.header().unwrap().revision(), 1 + 101 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_fanout_and_ready_against_a_real_server() {
+    let node = Node::start();
+    let ep = node.endpoint();
+
+    // 2x5 prefix watchers and 3x4 key watchers; each of 24 puts is an event for the 10
+    // prefix watchers and for its key's one watcher.
+    let json = run_json(
+        &ep,
+        &[
+            "--clients",
+            "2",
+            "--conns",
+            "2",
+            "--json",
+            "--no-progress",
+            "watch-fanout",
+            "--prefix-streams",
+            "2",
+            "--prefix-watchers-per-stream",
+            "5",
+            "--key-streams",
+            "3",
+            "--key-watchers-per-stream",
+            "4",
+            "--put-total",
+            "24",
+        ],
+        24 * 11,
+    );
+    assert!(json.starts_with("{\"benchmark\":\"watch-fanout\","), "{json}");
+    assert_eq!(field(&json, "watchers"), 22.0, "{json}");
+    let puts = &json[json.find("\"put\":").expect("a put report")..];
+    assert_eq!(field(puts, "count"), 24.0, "{json}");
+
+    // ready: a serving server answers the first attempt.
+    let json = run_json(&ep, &["--json", "ready"], 1);
+    assert_eq!(field(&json, "attempts"), 1.0, "{json}");
+    assert!(field(&json, "ready_seconds") < 5.0, "{json}");
+}
+
+#[test]
+fn ready_gives_up_without_a_server() {
+    // Nothing listens: the attempts fail until --timeout, then exit 1.
+    let (code, _, err) = bench("127.0.0.1:1", &["ready", "--timeout", "300ms", "--interval", "10ms"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("127.0.0.1:1 not serving after"), "{err}");
 }
 
 #[test]

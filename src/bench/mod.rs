@@ -5,16 +5,19 @@
 //!
 //! Layout: this file has the global flags, the dispatch and the machinery every workload
 //! shares (connections, the closed request loop, the rate limiter, keys, the progress bar);
-//! `kv` has put, range, txn-put and txn-mixed; `watch` has watch and watch-latency; `lease`
-//! has lease-keepalive; `list` has kube-apiserver's paginated list; `report` has the
-//! statistics and their text and JSON renderings.
+//! `kv` has put, range, txn-put and txn-mixed; `watch` has watch and watch-latency; `fanout`
+//! has watch-fanout; `lease` has lease-keepalive; `list` has kube-apiserver's paginated
+//! list; `ready` times a server's start; `report` has the statistics and their text and JSON
+//! renderings.
 //!
 //! It talks to the server through the crate's own generated tonic clients, never through an
 //! in-process shortcut, so it measures any etcd v3 endpoint (`cairn` or `etcd`) alike.
 
+mod fanout;
 mod kv;
 mod lease;
 mod list;
+mod ready;
 mod report;
 mod watch;
 
@@ -144,6 +147,11 @@ pub enum BenchCommand {
     LeaseKeepalive(lease::LeaseKeepaliveArgs),
     /// Benchmark kube-apiserver's paginated list of a prefix (not in etcd's benchmark).
     List(list::ListArgs),
+    /// Benchmark the delivery of puts to many prefix and single-key watchers (not in etcd's
+    /// benchmark).
+    WatchFanout(fanout::WatchFanoutArgs),
+    /// Time until the first endpoint serves a serializable range (not in etcd's benchmark).
+    Ready(ready::ReadyArgs),
 }
 
 impl BenchCommand {
@@ -155,7 +163,11 @@ impl BenchCommand {
             BenchCommand::TxnMixed(a) => a.validate(),
             BenchCommand::Watch(a) => a.validate(),
             BenchCommand::List(a) => a.validate(),
-            BenchCommand::Range(_) | BenchCommand::WatchLatency(_) | BenchCommand::LeaseKeepalive(_) => Ok(()),
+            BenchCommand::WatchFanout(a) => a.validate(),
+            BenchCommand::Range(_)
+            | BenchCommand::WatchLatency(_)
+            | BenchCommand::LeaseKeepalive(_)
+            | BenchCommand::Ready(_) => Ok(()),
         }
     }
 
@@ -169,6 +181,8 @@ impl BenchCommand {
             BenchCommand::WatchLatency(_) => "watch-latency",
             BenchCommand::LeaseKeepalive(_) => "lease-keepalive",
             BenchCommand::List(_) => "list",
+            BenchCommand::WatchFanout(_) => "watch-fanout",
+            BenchCommand::Ready(_) => "ready",
         }
     }
 }
@@ -195,24 +209,40 @@ pub(crate) fn usage_error(sub: &str, msg: impl std::fmt::Display) -> BenchError 
 
 async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let name = args.command.name();
+    let json = args.global.json;
     args.command.validate()?;
-    let ctx = Ctx::connect(args.global).await?;
     let summary = match args.command {
-        BenchCommand::Put(a) => kv::put(&ctx, a).await?,
-        BenchCommand::Range(a) => kv::range(&ctx, a).await?,
-        BenchCommand::TxnPut(a) => kv::txn_put(&ctx, a).await?,
-        BenchCommand::TxnMixed(a) => kv::txn_mixed(&ctx, a).await?,
-        BenchCommand::Watch(a) => watch::watch(&ctx, a).await?,
-        BenchCommand::WatchLatency(a) => watch::watch_latency(&ctx, a).await?,
-        BenchCommand::LeaseKeepalive(a) => lease::lease_keepalive(&ctx, a).await?,
-        BenchCommand::List(a) => list::list(&ctx, a).await?,
+        // Before the server serves, so without the workloads' connections.
+        BenchCommand::Ready(a) => ready::ready(&args.global, a).await?,
+        workload => workload.run(&Ctx::connect(args.global).await?).await?,
     };
-    if ctx.global.json {
+    if json {
         println!("{}", summary.json(name));
     } else {
         print!("{}", summary.text);
     }
     Ok(())
+}
+
+impl BenchCommand {
+    /// Runs a workload over the connections of `ctx`.
+    async fn run(self, ctx: &Ctx) -> Result<Summary, BenchError> {
+        match self {
+            BenchCommand::Put(a) => kv::put(ctx, a).await,
+            BenchCommand::Range(a) => kv::range(ctx, a).await,
+            BenchCommand::TxnPut(a) => kv::txn_put(ctx, a).await,
+            BenchCommand::TxnMixed(a) => kv::txn_mixed(ctx, a).await,
+            BenchCommand::Watch(a) => watch::watch(ctx, a).await,
+            BenchCommand::WatchLatency(a) => watch::watch_latency(ctx, a).await,
+            BenchCommand::LeaseKeepalive(a) => lease::lease_keepalive(ctx, a).await,
+            BenchCommand::List(a) => list::list(ctx, a).await,
+            BenchCommand::WatchFanout(a) => fanout::watch_fanout(ctx, a).await,
+            // `run` starts it without connections.
+            BenchCommand::Ready(_) => Err(BenchError::Fatal(
+                "ready runs without the workloads' connections".to_string(),
+            )),
+        }
+    }
 }
 
 /// What a workload hands back: its text report (etcd's, printed as is) and the statistics
@@ -746,6 +776,14 @@ mod tests {
             panic!()
         };
         assert_eq!((l.page_size, l.preload_txn_ops), (500, 128));
+        let BenchCommand::Ready(r) = parse(&["ready"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            (r.interval, r.attempt_timeout),
+            (Duration::from_millis(10), Duration::from_millis(100))
+        );
+        assert_eq!(r.since_unix_nanos, None);
     }
 
     #[test]
@@ -759,6 +797,7 @@ mod tests {
             &["range", "k", "--consistency", "x"],
             &["range", "k", "--count-only", "--keys-only"],
             &["list", "--preload-txn-ops", "0"],
+            &["ready", "--interval", "soon"],
             &["no-such-workload"],
             &["--dial-timeout", "soon", "put"],
         ] {
@@ -778,6 +817,7 @@ mod tests {
             &["txn-put", "--txn-ops", "5"],
             &["watch", "--key-size", "1", "--key-space-size", "100"],
             &["list", "--prefix", ""],
+            &["watch-fanout", "--prefix", ""],
         ] {
             let cmd = parse(args).unwrap().command;
             assert!(matches!(cmd.validate(), Err(BenchError::Usage(_))), "{args:?}");

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use super::report::Recorder;
+use super::report::{Recorder, Stats};
 use super::{check_key_space, closed_loop, status_text, BenchError, Ctx, Limiter, Rng, Summary};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
@@ -141,61 +141,15 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> Result<Summary, BenchError> {
         .sum();
     let bar = ctx.progress(events_total);
     let events = Events::start(streams, events_total, &bar);
-    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let kvs = ctx.kv_clients();
-    let started = Instant::now();
-    let lost = Arc::new(AtomicU64::new(0));
-    let (keys, counts, sent_by_op, remaining) =
-        (watched.clone(), per_put.clone(), sent.clone(), events.remaining.clone());
-    let (done, lost_by_op) = (events.done.clone(), lost.clone());
-    let puts = closed_loop(
-        ctx,
-        a.put_total,
-        Limiter::new(a.put_rate, 1),
-        1,
-        &ProgressBar::hidden(),
-        move |i| (i % keys.len() as u64) as usize,
-        move |c, k| {
-            let mut kv = kvs[c].clone();
-            let key = watched[k].clone();
-            let (sent, remaining, done, lost) =
-                (sent_by_op.clone(), remaining.clone(), done.clone(), lost_by_op.clone());
-            let expected = counts[k];
-            async move {
-                let start = Instant::now();
-                let put = PutRequest {
-                    key,
-                    value: b"data".to_vec(),
-                    ..Default::default()
-                };
-                match kv.put(put).await {
-                    Ok(r) => {
-                        let rev = r.into_inner().header.map_or(0, |h| h.revision);
-                        sent.lock().unwrap_or_else(|e| e.into_inner()).insert(rev, start);
-                        (0, Ok(()))
-                    }
-                    Err(s) => {
-                        // No event will come for it: stop waiting for them.
-                        lost.fetch_add(expected, Ordering::Relaxed);
-                        if remaining.fetch_sub(expected as i64, Ordering::AcqRel) <= expected as i64 {
-                            done.notify_one();
-                        }
-                        (0, Err(status_text(&s)))
-                    }
-                }
-            }
-        },
-    )
-    .await;
-    let put_stats = super::kv::one(puts.slots).stats(puts.elapsed);
-    let received = events.finish().await;
-    let elapsed = started.elapsed();
+    let puts = PutPlan {
+        keys: watched,
+        events_per_key: per_put,
+        value: b"data".to_vec(),
+        total: a.put_total,
+        rate: a.put_rate,
+    };
+    let (put_stats, events) = puts.run(ctx, events, events_total).await;
     bar.finish();
-
-    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|e| e.into_inner()));
-    let expected = events_total.saturating_sub(lost.load(Ordering::Relaxed));
-    let events = received.report(|rev| sent.get(&rev).copied(), expected);
-    let events = events.stats(elapsed);
 
     let p = ctx.precision();
     let text = format!(
@@ -209,6 +163,84 @@ pub async fn watch(ctx: &Ctx, a: WatchArgs) -> Result<Summary, BenchError> {
         parts: vec![("creation", creation), ("events", events), ("put", put_stats)],
         extra: vec![("events_expected", events_total.to_string())],
     })
+}
+
+/// Puts that feed watchers: put `i` goes to `keys[i mod keys]`, whose event
+/// `events_per_key` watchers expect.
+pub(super) struct PutPlan {
+    pub keys: Arc<Vec<Vec<u8>>>,
+    pub events_per_key: Arc<Vec<u64>>,
+    pub value: Vec<u8>,
+    pub total: u64,
+    /// Puts a second (0 is no limit).
+    pub rate: u64,
+}
+
+impl PutPlan {
+    /// Makes the puts from every client while `events` receive, waits for the events, and
+    /// returns the puts' report and the events' (latency: each put's send to each watcher's
+    /// receipt of its event; rate: events a second from the first put to the last event).
+    pub async fn run(self, ctx: &Ctx, events: Events, expected: u64) -> (Stats, Stats) {
+        let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+        let lost = Arc::new(AtomicU64::new(0));
+        let kvs = ctx.kv_clients();
+        let (sent_by_op, lost_by_op) = (sent.clone(), lost.clone());
+        let (remaining, done) = (events.remaining.clone(), events.done.clone());
+        let PutPlan {
+            keys,
+            events_per_key,
+            value,
+            total,
+            rate,
+        } = self;
+        let key_count = keys.len() as u64;
+        let started = Instant::now();
+        let puts = closed_loop(
+            ctx,
+            total,
+            Limiter::new(rate, 1),
+            1,
+            &ProgressBar::hidden(),
+            move |i| (i % key_count) as usize,
+            move |c, k| {
+                let mut kv = kvs[c].clone();
+                let put = PutRequest {
+                    key: keys[k].clone(),
+                    value: value.clone(),
+                    ..Default::default()
+                };
+                let (sent, remaining, done, lost) =
+                    (sent_by_op.clone(), remaining.clone(), done.clone(), lost_by_op.clone());
+                let expected = events_per_key[k];
+                async move {
+                    let start = Instant::now();
+                    match kv.put(put).await {
+                        Ok(r) => {
+                            let rev = r.into_inner().header.map_or(0, |h| h.revision);
+                            sent.lock().unwrap_or_else(|e| e.into_inner()).insert(rev, start);
+                            (0, Ok(()))
+                        }
+                        Err(s) => {
+                            // No event will come for it: stop waiting for them.
+                            lost.fetch_add(expected, Ordering::Relaxed);
+                            if remaining.fetch_sub(expected as i64, Ordering::AcqRel) <= expected as i64 {
+                                done.notify_one();
+                            }
+                            (0, Err(status_text(&s)))
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+        let put_stats = super::kv::one(puts.slots).stats(puts.elapsed);
+        let received = events.finish().await;
+        let elapsed = started.elapsed();
+        let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|e| e.into_inner()));
+        let expected = expected.saturating_sub(lost.load(Ordering::Relaxed));
+        let events = received.report(|rev| sent.get(&rev).copied(), expected);
+        (put_stats, events.stats(elapsed))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -319,7 +351,7 @@ pub async fn watch_latency(ctx: &Ctx, a: WatchLatencyArgs) -> Result<Summary, Be
 }
 
 /// One Watch RPC and the sending half that keeps it open.
-struct WatchStream {
+pub(super) struct WatchStream {
     tx: mpsc::Sender<WatchRequest>,
     rx: Streaming<WatchResponse>,
 }
@@ -327,7 +359,7 @@ struct WatchStream {
 impl WatchStream {
     /// Opens a stream whose first request creates a watcher, and waits until it is created.
     /// The request goes before the call: etcd's server sends no headers until it answers.
-    async fn open(mut client: WatchClient<Channel>, create: WatchCreateRequest) -> Result<WatchStream, String> {
+    pub async fn open(mut client: WatchClient<Channel>, create: WatchCreateRequest) -> Result<WatchStream, String> {
         let (tx, rx) = mpsc::channel(16);
         tx.send(create_request(create))
             .await
@@ -343,7 +375,7 @@ impl WatchStream {
     }
 
     /// Creates one more watcher and waits until the server confirms it.
-    async fn create(&mut self, create: WatchCreateRequest) -> Result<(), String> {
+    pub async fn create(&mut self, create: WatchCreateRequest) -> Result<(), String> {
         self.tx
             .send(create_request(create))
             .await
@@ -371,7 +403,7 @@ fn create_request(create: WatchCreateRequest) -> WatchRequest {
 }
 
 /// The receiving side: one task a stream, each noting every event's revision and arrival.
-struct Events {
+pub(super) struct Events {
     remaining: Arc<AtomicI64>,
     done: Arc<Notify>,
     stop: signal::Sender<bool>,
@@ -386,7 +418,7 @@ struct Received {
 }
 
 impl Events {
-    fn start(streams: Vec<WatchStream>, expected: u64, bar: &ProgressBar) -> Events {
+    pub fn start(streams: Vec<WatchStream>, expected: u64, bar: &ProgressBar) -> Events {
         let remaining = Arc::new(AtomicI64::new(expected as i64));
         let done = Arc::new(Notify::new());
         if expected == 0 {

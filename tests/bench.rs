@@ -1,6 +1,6 @@
 //! `cairn bench` end to end: the built binary's put, range, list, watch-fanout and ready
 //! workloads against a real `cairn` server, their `--json` summaries, and the keys they wrote
-//! read back with etcd-client.
+//! read back with etcd-client; `plot` on a results file.
 
 mod common;
 
@@ -260,6 +260,42 @@ fn ready_gives_up_without_a_server() {
     let (code, _, err) = bench("127.0.0.1:1", &["ready", "--timeout", "300ms", "--interval", "10ms"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("127.0.0.1:1 not serving after"), "{err}");
+}
+
+#[test]
+fn plot_draws_both_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("benchmarks.json");
+    std::fs::write(
+        &input,
+        r#"{"workloads": {"put-1": {"clients": 1}, "put-64": {"clients": 64}},
+            "runs": [{"workload": "put-1", "server": "etcd", "status": "ok", "rps": 1000, "p99_ms": 4},
+                     {"workload": "put-64", "server": "etcd", "status": "ok", "rps": 7000, "p99_ms": 28},
+                     {"workload": "put-1", "server": "cairn", "status": "ok", "rps": 800, "p99_ms": 7},
+                     {"workload": "put-64", "server": "cairn", "status": "ok", "rps": 9000, "p99_ms": 20}]}"#,
+    )
+    .unwrap();
+    let (t, p) = (dir.path().join("t.svg"), dir.path().join("p.svg"));
+    let (code, out, err) = bench(
+        "127.0.0.1:1",
+        &[
+            "plot",
+            "--input",
+            input.to_str().unwrap(),
+            "--throughput-out",
+            t.to_str().unwrap(),
+            "--p99-out",
+            p.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    for svg in [t, p] {
+        let svg = std::fs::read_to_string(svg).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("etcd 3.5.16") && svg.contains("Cairn"),
+            "{svg}"
+        );
+    }
 }
 
 #[test]

@@ -8,15 +8,17 @@
 //! `kv` has put, range, txn-put and txn-mixed; `watch` has watch and watch-latency; `fanout`
 //! has watch-fanout; `lease` has lease-keepalive; `list` has kube-apiserver's paginated
 //! list; `ready` times a server's start; `report` has the statistics and their text and JSON
-//! renderings.
+//! renderings; `plot` draws the side-by-side runner's charts from its JSON (read by `json`).
 //!
 //! It talks to the server through the crate's own generated tonic clients, never through an
 //! in-process shortcut, so it measures any etcd v3 endpoint (`cairn` or `etcd`) alike.
 
 mod fanout;
+mod json;
 mod kv;
 mod lease;
 mod list;
+mod plot;
 mod ready;
 mod report;
 mod watch;
@@ -152,6 +154,8 @@ pub enum BenchCommand {
     WatchFanout(fanout::WatchFanoutArgs),
     /// Time until the first endpoint serves a serializable range (not in etcd's benchmark).
     Ready(ready::ReadyArgs),
+    /// Draw bench-vs-etcd's SVG charts from its JSON results (no server involved).
+    Plot(plot::PlotArgs),
 }
 
 impl BenchCommand {
@@ -167,7 +171,8 @@ impl BenchCommand {
             BenchCommand::Range(_)
             | BenchCommand::WatchLatency(_)
             | BenchCommand::LeaseKeepalive(_)
-            | BenchCommand::Ready(_) => Ok(()),
+            | BenchCommand::Ready(_)
+            | BenchCommand::Plot(_) => Ok(()),
         }
     }
 
@@ -183,6 +188,7 @@ impl BenchCommand {
             BenchCommand::List(_) => "list",
             BenchCommand::WatchFanout(_) => "watch-fanout",
             BenchCommand::Ready(_) => "ready",
+            BenchCommand::Plot(_) => "plot",
         }
     }
 }
@@ -212,6 +218,10 @@ async fn run(args: BenchArgs) -> Result<(), BenchError> {
     let json = args.global.json;
     args.command.validate()?;
     let summary = match args.command {
+        BenchCommand::Plot(a) => {
+            print!("{}", plot::plot(&a)?);
+            return Ok(());
+        }
         // Before the server serves, so without the workloads' connections.
         BenchCommand::Ready(a) => ready::ready(&args.global, a).await?,
         workload => workload.run(&Ctx::connect(args.global).await?).await?,
@@ -237,10 +247,11 @@ impl BenchCommand {
             BenchCommand::LeaseKeepalive(a) => lease::lease_keepalive(ctx, a).await,
             BenchCommand::List(a) => list::list(ctx, a).await,
             BenchCommand::WatchFanout(a) => fanout::watch_fanout(ctx, a).await,
-            // `run` starts it without connections.
-            BenchCommand::Ready(_) => Err(BenchError::Fatal(
-                "ready runs without the workloads' connections".to_string(),
-            )),
+            // `run` starts these without connections.
+            other @ (BenchCommand::Ready(_) | BenchCommand::Plot(_)) => Err(BenchError::Fatal(format!(
+                "{} runs without the workloads' connections",
+                other.name()
+            ))),
         }
     }
 }
@@ -784,6 +795,11 @@ mod tests {
             (Duration::from_millis(10), Duration::from_millis(100))
         );
         assert_eq!(r.since_unix_nanos, None);
+        let BenchCommand::Plot(p) = parse(&["plot"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(p.workloads, ["put-1", "put-64", "put-256"]);
+        assert_eq!(p.throughput_out, std::path::Path::new("docs/bench-put-throughput.svg"));
     }
 
     #[test]

@@ -18,7 +18,8 @@ struct EtcdJson;
 /// the member stops right after (see `failstop`).
 pub const FATAL_TARGET: &str = "cairn::fatal";
 
-fn json_string(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal (also `cairn bench`'s JSON output).
+pub(crate) fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

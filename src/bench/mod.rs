@@ -8,13 +8,12 @@
 //! `kv` has put, range, txn-put and txn-mixed; `watch` has watch and watch-latency; `fanout`
 //! has watch-fanout; `lease` has lease-keepalive; `list` has kube-apiserver's paginated
 //! list; `ready` times a server's start; `report` has the statistics and their text and JSON
-//! renderings; `plot` draws the side-by-side runner's charts from its JSON (read by `json`).
+//! renderings; `plot` draws the side-by-side runner's charts from its JSON (read with `serde_json`).
 //!
 //! It talks to the server through the crate's own generated tonic clients, never through an
 //! in-process shortcut, so it measures any etcd v3 endpoint (`cairn` or `etcd`) alike.
 
 mod fanout;
-mod json;
 mod kv;
 mod lease;
 mod list;

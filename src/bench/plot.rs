@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use plotters::prelude::*;
 
-use super::json::Json;
 use super::BenchError;
+use serde_json::Value as Json;
 
 #[derive(Args, Debug, Clone)]
 pub struct PlotArgs {
@@ -47,7 +47,8 @@ struct Series {
 pub fn plot(a: &PlotArgs) -> Result<String, BenchError> {
     let text = std::fs::read_to_string(&a.input)
         .map_err(|e| BenchError::Fatal(format!("cannot read {}: {e}", a.input.display())))?;
-    let results = Json::parse(&text).map_err(|e| BenchError::Fatal(format!("{}: {e}", a.input.display())))?;
+    let results: Json =
+        serde_json::from_str(&text).map_err(|e| BenchError::Fatal(format!("{}: {e}", a.input.display())))?;
     let rps = series(&results, &a.workloads, "rps")?;
     let p99 = series(&results, &a.workloads, "p99_ms")?;
     let what = a.workloads.join(", ");
@@ -60,7 +61,10 @@ pub fn plot(a: &PlotArgs) -> Result<String, BenchError> {
 /// workload's client count; workloads without a successful run of a server are left out of
 /// its line. An error when no workload has a point at all.
 fn series(results: &Json, workloads: &[String], metric: &str) -> Result<Vec<Series>, BenchError> {
-    let runs = results.get("runs").and_then(Json::as_array).unwrap_or_default();
+    let runs: &[Json] = results
+        .get("runs")
+        .and_then(Json::as_array)
+        .map_or(&[], |v| v.as_slice());
     let mut lines = Vec::new();
     for (server, label, colour) in SERVERS {
         let mut points = Vec::new();
@@ -179,7 +183,7 @@ mod tests {
 
     #[test]
     fn medians_of_successful_runs_by_clients() {
-        let results = Json::parse(RESULTS).unwrap();
+        let results: Json = serde_json::from_str(RESULTS).unwrap();
         let lines = series(&results, &put_workloads(), "rps").unwrap();
         assert_eq!(lines[0].server, "etcd");
         assert_eq!(lines[0].points, [(1.0, 1100.0), (64.0, 7000.0), (256.0, 9000.0)]);

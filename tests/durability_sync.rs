@@ -10,9 +10,9 @@
 //! (`CLOCK_REALTIME`, strace's absolute timestamps), when it sent each put and when the
 //! answer came. The order is causal, not a race: strace stamps a syscall's entry and exit
 //! while the calling thread is stopped, so a write stamped as returned really returned
-//! before anything it led to (the syncer's fdatasync, the reply) happened.
+//! before anything it led to (the log's fdatasync, the reply) happened.
 //!
-//! Removing the fsync (`engine.sync_wal()` in `run_syncer`) makes both tests fail: the puts
+//! Removing the fsync (`sync(&engine)` in `LogStore::append`) makes both tests fail: the puts
 //! are written to the log and answered with no sync of it in between.
 //!
 //! `strace` is required: without it the tests fail, they do not skip.

@@ -2,20 +2,23 @@
 //!
 //! Keys are big-endian indexes, so byte order is log order.
 //!
-//! An append writes its entries at once (readable on return, as openraft requires) without
-//! waiting for the disk, and hands openraft's durability callback to one syncer thread. The
-//! syncer takes every callback waiting, fsyncs the write-ahead log once, and only then
-//! reports them durable. A group could hold several appends, but openraft 0.9 awaits each
-//! flush before its next append, so today every append pays its own fsync: sharing one
-//! fsync among concurrent proposals happens above openraft: `raft::proposer` batches them
-//! into one entry.
+//! An append writes its entries and fsyncs the write-ahead log on the log's I/O thread,
+//! then reports them durable through openraft's callback. openraft 0.9 awaits each append's
+//! flush before it does anything else (`RaftCore::append_to_log`), so no second append can
+//! arrive to share the fsync: a separate syncer thread would only add a hand-off per write.
+//! Sharing one fsync among concurrent proposals happens above openraft: `raft::proposer`
+//! batches them into one entry.
 //!
 //! Every read and write of the log runs on the log's own I/O thread (`raft::io`), never on
-//! the blocking pool client reads use.
+//! the blocking pool client reads use, except reads of the entries appended last: openraft's
+//! core reads every committed entry back before applying it, and waits for the read, so
+//! those come from a small copy in memory ([`Recent`]), without a hop to the I/O thread or
+//! a decode.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, StorageIOError};
@@ -41,9 +44,6 @@ fn write_err(e: storage::Error) -> typ::StorageError {
     StorageIOError::write_logs(&e).into()
 }
 
-/// Appends waiting for the syncer at most; beyond that, appending waits (backpressure).
-const SYNC_QUEUE: usize = 4096;
-
 /// How a failed blocking task is reported.
 const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOError::write_logs(e);
 
@@ -51,23 +51,81 @@ const JOIN_FAILED: fn(&std::io::Error) -> StorageIOError<u64> = |e| StorageIOErr
 pub struct LogStore {
     engine: Engine,
     io: IoThread,
-    syncer: Arc<Syncer>,
+    recent: Arc<Mutex<Recent>>,
 }
 
-/// The syncer thread and its queue, shared by every clone of the store. Dropping the last
-/// clone closes the queue and joins the thread, so the thread never outlives the store
-/// holding RocksDB open: a process exiting while it did crashed in RocksDB's teardown.
-struct Syncer {
-    queue: Option<std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The entries appended last, at most this many, or this many encoded bytes (one entry
+/// over it is not kept): enough for openraft to read back what it applies next.
+const RECENT_ENTRIES: usize = 64;
+const RECENT_BYTES: usize = 8 << 20;
+
+/// A copy of the last appended entries, consecutive indexes ending at the last one, each
+/// with its encoded size.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(typ::Entry, usize)>,
+    bytes: usize,
 }
 
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            // Ends after the group in hand (one fsync) once the queue is closed.
-            let _ = thread.join();
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: typ::Entry, size: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index.checked_add(1) == Some(entry.log_id.index));
+        if !follows {
+            self.clear();
+        }
+        if size > RECENT_BYTES {
+            return self.clear();
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries `[start, end)` if all of them are here (`end` `None`: to the last one).
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<typ::Entry>> {
+        let first = self.first_index()?;
+        let next = first + self.entries.len() as u64;
+        let end = end.unwrap_or(next).min(next);
+        if start < first || start > end {
+            return None;
+        }
+        let (from, to) = ((start - first) as usize, (end - first) as usize);
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
+    }
+
+    /// Forgets entries from `index` on (a truncated log).
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Forgets entries up to `index` (a purged log).
+    fn purge(&mut self, index: u64) {
+        while self.first_index().is_some_and(|i| i <= index) {
+            self.pop_front();
         }
     }
 }
@@ -80,35 +138,20 @@ fn sync(engine: &Engine) -> storage::Result<()> {
     engine.sync_wal()
 }
 
-/// Reports appends durable in groups, one fsync per group. Ends when the queue closes.
-fn run_syncer(engine: Engine, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = waiting.recv() {
-        let mut group = vec![first];
-        group.extend(waiting.try_iter());
-        let result = sync(&engine);
-        for flushed in group {
-            flushed.log_io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            });
-        }
-    }
-}
-
 impl LogStore {
-    /// Fails only if the syncer or I/O thread cannot be started.
+    /// Fails only if the I/O thread cannot be started.
     pub fn new(engine: Engine) -> std::io::Result<Self> {
         let io = IoThread::spawn("raft-log-io")?;
-        let (queue, waiting) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
-        let sync_engine = engine.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || run_syncer(sync_engine, waiting))?;
-        let syncer = Arc::new(Syncer {
-            queue: Some(queue),
-            thread: Some(thread),
-        });
-        Ok(LogStore { engine, io, syncer })
+        Ok(LogStore {
+            engine,
+            io,
+            recent: Arc::default(),
+        })
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        // A panic while holding the lock stops the member (fail-stop); the copy stays valid.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -168,6 +211,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
+        }
         let engine = self.engine.clone();
         self.io
             .run(JOIN_FAILED, move || read_range(&engine, start, end).map_err(read_err))
@@ -246,33 +292,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new(&self.engine);
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put(Cf::RaftLog, &index_key(entry.log_id.index), &entry_to_bytes(&entry));
+            let raw = entry_to_bytes(&entry);
+            batch.put(Cf::RaftLog, &index_key(entry.log_id.index), &raw);
+            appended.push((entry, raw.len()));
         }
-        // Written now (readable at once), durable when the syncer's next fsync completes.
-        // Handing over the callback blocks only when SYNC_QUEUE appends already wait.
+        // Written (readable at once), then made durable; openraft hears of the fsync's
+        // outcome through the callback, a failure of which is fatal to the member.
         let engine = self.engine.clone();
-        let syncer = self.syncer.clone();
         self.io
             .run(JOIN_FAILED, move || {
                 fail::fail_point!("raft-log-append", |_| Err(write_err(storage::Error::Engine(
                     "log append failed (failpoint raft-log-append)".into()
                 ))));
                 engine.write(batch, false).map_err(write_err)?;
-                syncer
-                    .queue
-                    .as_ref()
-                    .ok_or(())
-                    .and_then(|queue| queue.send(callback).map_err(|_| ()))
-                    .map_err(|()| write_err(crate::storage::Error::Engine("raft log syncer stopped".into())))
+                callback.log_io_completed(sync(&engine).map_err(|e| std::io::Error::other(e.to_string())));
+                Ok(())
             })
-            .await
+            .await?;
+        let mut recent = self.recent();
+        for (entry, size) in appended {
+            recent.push(entry, size);
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: typ::LogId) -> Result<(), typ::StorageError> {
         let mut batch = WriteBatch::new(&self.engine);
         batch.delete_range(Cf::RaftLog, &index_key(log_id.index), &index_key(u64::MAX));
         batch.delete(Cf::RaftLog, &index_key(u64::MAX));
+        self.recent().truncate(log_id.index);
         let engine = self.engine.clone();
         self.io
             .run(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err))
@@ -288,9 +338,74 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             &log_id_to_pb(&log_id).encode_to_vec(),
         );
         batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index.saturating_add(1)));
+        self.recent().purge(log_id.index);
         let engine = self.engine.clone();
         self.io
             .run(JOIN_FAILED, move || engine.write(batch, true).map_err(write_err))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> typ::Entry {
+        typ::Entry {
+            log_id: typ::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: Option<Vec<typ::Entry>>) -> Option<Vec<u64>> {
+        entries.map(|es| es.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_answer_only_ranges_they_hold_whole() {
+        let mut r = Recent::default();
+        assert_eq!(indexes(r.get(1, None)), None, "empty: read the log");
+        for i in 5..=8 {
+            r.push(entry(i), 10);
+        }
+        assert_eq!(indexes(r.get(6, Some(8))), Some(vec![6, 7]));
+        assert_eq!(indexes(r.get(7, None)), Some(vec![7, 8]));
+        assert_eq!(
+            indexes(r.get(5, Some(100))),
+            Some(vec![5, 6, 7, 8]),
+            "nothing past the last"
+        );
+        assert_eq!(indexes(r.get(4, Some(6))), None, "4 is not here");
+        assert_eq!(indexes(r.get(9, None)), Some(vec![]), "nothing after the last entry");
+
+        r.truncate(7);
+        assert_eq!(indexes(r.get(5, None)), Some(vec![5, 6]));
+        r.purge(5);
+        assert_eq!(indexes(r.get(6, None)), Some(vec![6]));
+        assert_eq!(r.bytes, 10);
+        // A gap (entries appended after a truncation elsewhere): start again from it.
+        r.push(entry(9), 10);
+        assert_eq!(indexes(r.get(6, None)), None);
+        assert_eq!(indexes(r.get(9, None)), Some(vec![9]));
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_bounds() {
+        let mut r = Recent::default();
+        for i in 1..=(RECENT_ENTRIES as u64 + 10) {
+            r.push(entry(i), 1);
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        assert_eq!(r.first_index(), Some(11));
+        r.push(entry(RECENT_ENTRIES as u64 + 11), RECENT_BYTES - 1);
+        assert_eq!(r.bytes, RECENT_BYTES);
+        assert_eq!(r.entries.len(), 2, "the big entry pushed all but one out");
+        r.push(entry(RECENT_ENTRIES as u64 + 12), RECENT_BYTES + 1);
+        assert!(
+            r.entries.is_empty() && r.bytes == 0,
+            "an entry over the bound is not kept"
+        );
     }
 }

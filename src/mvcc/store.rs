@@ -1,6 +1,7 @@
 //! Read views and the write transaction of one applied request.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use prost::bytes::Bytes;
 use prost::Message;
@@ -425,6 +426,14 @@ impl<'e> WriteTxn<'e> {
         &self.reader
     }
 
+    /// The txn's changes to keys of `range`, in key order: the overlay from the range's
+    /// start, not all of it (a run's overlay holds a whole group-commit entry's keys).
+    fn changes_in<'a>(&'a self, range: &'a KeyRange) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<KeyValue>)> + 'a {
+        self.overlay
+            .range::<[u8], _>((Bound::Included(range.start()), Bound::Unbounded))
+            .take_while(move |(k, _)| range.contains(k))
+    }
+
     fn latest(&self, key: &[u8]) -> storage::Result<Option<KeyValue>> {
         match self.overlay.get(key) {
             Some(state) => Ok(state.clone()),
@@ -465,7 +474,7 @@ impl KvRead for WriteTxn<'_> {
         let at = revs.read_at(opts.rev)?;
         // Where this txn changed no key of the range, the stored state is the state at `at`:
         // a read after a write elsewhere in the run stays a bounded scan.
-        if at <= self.begin_rev() || !self.overlay.keys().any(|k| range.contains(k)) {
+        if at <= self.begin_rev() || self.changes_in(range).next().is_none() {
             let (kvs, count) = self.reader.scan(range, at.min(self.begin_rev()), opts)?;
             return Ok(RangeResult {
                 kvs,
@@ -476,7 +485,7 @@ impl KvRead for WriteTxn<'_> {
         // Reading the txn's own revision: the state before it, with its changes laid over.
         let (base, _) = self.reader.scan(range, self.begin_rev(), &RangeOptions::default())?;
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = base.into_iter().map(|kv| (kv.key.to_vec(), kv)).collect();
-        for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+        for (key, state) in self.changes_in(range) {
             match state {
                 Some(kv) => merged.insert(key.clone(), kv.clone()),
                 None => merged.remove(key),
@@ -538,7 +547,7 @@ impl KvWrite for WriteTxn<'_> {
     fn delete_range(&mut self, range: &KeyRange) -> Result<(i64, Revision), KvError> {
         let rev = self.txn_rev();
         let mut live: BTreeMap<Vec<u8>, i64> = self.reader.live_keys(range, self.begin_rev())?.into_iter().collect();
-        for (key, state) in self.overlay.iter().filter(|(k, _)| range.contains(k)) {
+        for (key, state) in self.changes_in(range) {
             match state {
                 Some(kv) => live.insert(key.clone(), kv.lease),
                 None => live.remove(key),

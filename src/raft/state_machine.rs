@@ -141,7 +141,7 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
         }) => &batch.requests,
         EntryPayload::Normal(req) => {
             let applied = app.apply(engine, std::slice::from_ref(req))?;
-            let response = one_answer(applied.responses, 1)?.pop();
+            let response = checked_answers(applied.responses, 1)?.pop();
             let mut batch = applied.batch;
             mark_applied(&mut batch);
             engine.write(batch, false)?;
@@ -178,7 +178,7 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
     while done < requests.len() {
         let rest = &requests[done..];
         let applied = app.apply(engine, rest)?;
-        let answers = one_answer(applied.responses, rest.len())?;
+        let answers = checked_answers(applied.responses, rest.len())?;
         done += answers.len();
         let mut batch = applied.batch;
         if done == requests.len() {
@@ -205,7 +205,7 @@ fn apply_entry<A: Application>(engine: &Engine, app: &A, entry: &typ::Entry) -> 
 
 /// The application's answers to a run of requests: at least one, at most `asked`. Anything
 /// else is a bug that would misnumber every later revision: fatal, like a storage fault.
-fn one_answer(answers: Vec<RaftResponse>, asked: usize) -> storage::Result<Vec<RaftResponse>> {
+fn checked_answers(answers: Vec<RaftResponse>, asked: usize) -> storage::Result<Vec<RaftResponse>> {
     if answers.is_empty() || answers.len() > asked {
         return Err(storage::Error::Engine(format!(
             "the application answered {} of {asked} requests",
@@ -474,10 +474,10 @@ mod tests {
     /// An application answering more requests than it was given is refused, not trusted.
     #[test]
     fn an_application_answering_nothing_or_too_much_stops_the_apply() {
-        assert!(one_answer(Vec::new(), 3).is_err());
-        assert!(one_answer(vec![RaftResponse::Empty(cairnpb::Blank {}); 2], 1).is_err());
+        assert!(checked_answers(Vec::new(), 3).is_err());
+        assert!(checked_answers(vec![RaftResponse::Empty(cairnpb::Blank {}); 2], 1).is_err());
         assert_eq!(
-            one_answer(vec![RaftResponse::Empty(cairnpb::Blank {})], 1)
+            checked_answers(vec![RaftResponse::Empty(cairnpb::Blank {})], 1)
                 .unwrap()
                 .len(),
             1
